@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs the platform locally: the stack, then the four services as processes, until Ctrl-C.
+# Logs go to .stack/logs/<service>.log; `scripts/stack.sh down` also stops them.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SERVICES=(ingest-gateway fanout-processor delivery-consumer retry-scheduler)
+
+scripts/stack.sh up
+# shellcheck disable=SC1091
+. .stack/env
+export HARBORHOOK_TELEMETRY__LOG_FORMAT=${HARBORHOOK_TELEMETRY__LOG_FORMAT:-json}
+echo "[dev] building the services"
+cargo build -q $(printf -- '-p %s ' "${SERVICES[@]}") -p harborctl
+
+mkdir -p .stack/services .stack/logs
+stop_services() {
+  trap - INT TERM EXIT
+  echo; echo "[dev] stopping the services (the stack keeps running; scripts/stack.sh down stops it)"
+  for svc in "${SERVICES[@]}"; do
+    f=.stack/services/$svc.pid
+    [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true
+  done
+  for svc in "${SERVICES[@]}"; do
+    f=.stack/services/$svc.pid
+    if [ -f "$f" ]; then
+      pid=$(cat "$f")
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      rm -f "$f"
+    fi
+  done
+}
+trap stop_services INT TERM EXIT
+
+for svc in "${SERVICES[@]}"; do
+  f=.stack/services/$svc.pid
+  if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill -TERM "$(cat "$f")"; sleep 1; fi
+  "target/debug/$svc" >".stack/logs/$svc.log" 2>&1 &
+  echo $! >"$f"
+done
+
+ready() { curl -fsS "http://$1/readyz" >/dev/null 2>&1; }
+for addr in 127.0.0.1:8080 127.0.0.1:9101 127.0.0.1:9102 127.0.0.1:9103; do
+  for _ in $(seq 300); do ready "$addr" && break; sleep 0.2; done
+  ready "$addr" || { echo "[dev] a service on $addr did not become ready; see .stack/logs/"; exit 1; }
+done
+
+cat <<TXT
+[dev] Harborhook is running.
+  gateway           http://127.0.0.1:8080   (healthz, readyz, metrics)
+  fanout-processor  http://127.0.0.1:9101/metrics
+  delivery-consumer http://127.0.0.1:9102/metrics
+  retry-scheduler   http://127.0.0.1:9103/metrics
+  logs              $ROOT/.stack/logs/
+  database          $DATABASE_URL
+  broker            $KAFKA_BOOTSTRAP
+  operator CLI      target/debug/harborctl --help
+Press Ctrl-C to stop the services.
+TXT
+wait

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, against the real PostgreSQL and broker (brought up first if needed).
+#   scripts/test.sh [extra args for the test runner, e.g. a test name filter]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+scripts/stack.sh up
+# shellcheck disable=SC1091
+. .stack/env
+# Schemas left by test runs that crashed before their cleanup.
+psql "$DATABASE_URL" -Atqc "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'hh\_test\_%'" |
+  while read -r schema; do psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null; done
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  exec cargo test --workspace --no-fail-fast "$@"
+fi

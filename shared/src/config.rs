@@ -1,0 +1,428 @@
+//! Configuration: built-in defaults, then an optional TOML file named by `HARBORHOOK_CONFIG`, then
+//! `HARBORHOOK_*` environment variables (`__` separates sections: `HARBORHOOK_KAFKA__BOOTSTRAP`).
+//!
+//! Layering is figment's job; this module adds what figment does not know: the meaning of values.
+//! [`Config::validate`] runs on every load, so a service never starts with, say, an empty
+//! bootstrap list or a retry schedule out of order, and the error names the key. Secrets
+//! (database URL, SASL password) are `SecretString`s: their `Debug` is redacted and they have no
+//! `Serialize`, so they cannot reach a log line or a config dump by accident.
+//!
+//! Every key, its default and its meaning are listed in docs/configuration.md.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// Environment variable that names the optional configuration file.
+pub const CONFIG_FILE_ENV: &str = "HARBORHOOK_CONFIG";
+const ENV_PREFIX: &str = "HARBORHOOK_";
+/// `HARBORHOOK_*` variables that belong to harborctl or to loading itself, not to `Config`.
+const ENV_NOT_CONFIG: &[&str] = &["config", "url", "token"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("invalid configuration: `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub database: DatabaseConfig,
+    pub retry: RetryConfig,
+    pub telemetry: TelemetryConfig,
+    pub gateway: GatewayConfig,
+    pub fanout: OpsConfig,
+    pub delivery: OpsConfig,
+    pub scheduler: OpsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap: String,
+    /// Prepended to every topic and consumer-group name, so several installations (or tests)
+    /// share one cluster without touching each other's data.
+    pub topic_prefix: String,
+    pub security_protocol: String,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<SecretString>,
+    pub ssl_ca_location: Option<String>,
+    pub compression: String,
+    pub linger_ms: u32,
+    pub batch_size_bytes: u32,
+    /// How long the producer retries one record before reporting failure.
+    pub message_timeout_ms: u32,
+    pub session_timeout_ms: u32,
+    /// librdkafka's `partition.assignment.strategy`; see docs/kafka.md for why the default.
+    pub partition_assignment_strategy: String,
+    /// Create missing topics at start. Off in production, where Strimzi owns the topics.
+    pub ensure_topics_on_start: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap: "127.0.0.1:9092".into(),
+            topic_prefix: "harborhook.".into(),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            compression: "lz4".into(),
+            linger_ms: 5,
+            batch_size_bytes: 1_000_000,
+            message_timeout_ms: 30_000,
+            session_timeout_ms: 30_000,
+            partition_assignment_strategy: "roundrobin".into(),
+            ensure_topics_on_start: true,
+        }
+    }
+}
+
+/// Partition counts, replication and retention of the topics in the catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub events_partitions: i32,
+    pub deliveries_partitions: i32,
+    pub retry_partitions: i32,
+    pub dlq_partitions: i32,
+    pub invalid_partitions: i32,
+    pub replication_factor: i32,
+    #[serde(deserialize_with = "duration")]
+    pub events_retention: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub deliveries_retention: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub dlq_retention: Duration,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            events_partitions: 6,
+            deliveries_partitions: 12,
+            retry_partitions: 6,
+            dlq_partitions: 3,
+            invalid_partitions: 3,
+            replication_factor: 1,
+            events_retention: Duration::from_secs(7 * DAY),
+            deliveries_retention: Duration::from_secs(7 * DAY),
+            dlq_retention: Duration::from_secs(30 * DAY),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/db`; secret because it may hold a password.
+    pub url: SecretString,
+    /// Schema for every table (sets `search_path`); tests use one each.
+    pub schema: Option<String>,
+    pub pool_size: usize,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/harborhook"),
+            schema: None,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Delays after each failed attempt; each distinct delay is a tier topic. After the last,
+    /// the delivery is dead-lettered.
+    #[serde(deserialize_with = "durations")]
+    pub schedule: Vec<Duration>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            schedule: vec![
+                Duration::from_secs(5),
+                minutes(5),
+                minutes(30),
+                minutes(120),
+                minutes(300),
+                minutes(600),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint for traces; `OTEL_EXPORTER_OTLP_ENDPOINT` is used when this is unset.
+    pub otlp_endpoint: Option<String>,
+    /// `json` (default) or `text` for people reading a terminal.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The API, `/healthz`, `/readyz` and `/metrics` share this address.
+    pub listen: SocketAddr,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// A worker service's operations listener (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    pub ops_listen: SocketAddr,
+}
+
+impl OpsConfig {
+    fn on_port(port: u16) -> Self {
+        Self {
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            topics: TopicsConfig::default(),
+            database: DatabaseConfig::default(),
+            retry: RetryConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            gateway: GatewayConfig::default(),
+            fanout: OpsConfig::on_port(9101),
+            delivery: OpsConfig::on_port(9102),
+            scheduler: OpsConfig::on_port(9103),
+        }
+    }
+}
+
+impl Config {
+    /// Loads from the process environment and `HARBORHOOK_CONFIG`, then validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment()?)
+    }
+
+    /// The layered sources, before extraction; callers may merge more on top (tests, harborctl).
+    pub fn figment() -> Result<Figment, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = std::env::var_os(CONFIG_FILE_ENV) {
+            let path = Path::new(&path);
+            // figment skips a missing file silently; a named file that is absent is a mistake.
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: format!("not found (named by {CONFIG_FILE_ENV})"),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Ok(figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_NOT_CONFIG)))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let mut config: Self = figment.extract().map_err(|e| {
+            let key = if e.path.is_empty() {
+                "<root>".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let source = e.metadata.as_ref().map(|m| m.name.to_string());
+            let reason = match source {
+                Some(source) => format!("{} (from {source})", e.kind),
+                None => e.kind.to_string(),
+            };
+            invalid(&key, reason)
+        })?;
+        if config.telemetry.otlp_endpoint.is_none() {
+            config.telemetry.otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .ok()
+                .filter(|s| !s.is_empty());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks meaning, not just types; the first problem is reported with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.bootstrap.split(',').any(|h| {
+            h.trim()
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            return Err(invalid(
+                "kafka.bootstrap",
+                "must be a comma-separated list of host:port",
+            ));
+        }
+        let prefix_ok = k.topic_prefix.len() <= 100
+            && k.topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !prefix_ok {
+            return Err(invalid(
+                "kafka.topic_prefix",
+                "at most 100 characters of letters, digits, `.`, `_` and `-`",
+            ));
+        }
+        one_of(
+            "kafka.security_protocol",
+            &k.security_protocol,
+            &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"],
+        )?;
+        one_of(
+            "kafka.compression",
+            &k.compression,
+            &["none", "gzip", "snappy", "lz4", "zstd"],
+        )?;
+        if k.security_protocol.starts_with("sasl") {
+            if k.sasl_mechanism.is_none() {
+                return Err(invalid("kafka.sasl_mechanism", "required when SASL is on"));
+            }
+            if k.sasl_username.is_none() || k.sasl_password.is_none() {
+                return Err(invalid(
+                    "kafka.sasl_username",
+                    "username and password required",
+                ));
+            }
+        }
+        if k.message_timeout_ms < 1_000 {
+            return Err(invalid("kafka.message_timeout_ms", "must be at least 1000"));
+        }
+        let t = &self.topics;
+        for (key, n) in [
+            ("topics.events_partitions", t.events_partitions),
+            ("topics.deliveries_partitions", t.deliveries_partitions),
+            ("topics.retry_partitions", t.retry_partitions),
+            ("topics.dlq_partitions", t.dlq_partitions),
+            ("topics.invalid_partitions", t.invalid_partitions),
+            ("topics.replication_factor", t.replication_factor),
+        ] {
+            if !(1..=10_000).contains(&n) {
+                return Err(invalid(key, "must be between 1 and 10000"));
+            }
+        }
+        let db = &self.database;
+        db.url
+            .expose_secret()
+            .parse::<tokio_postgres::Config>()
+            // The parser's message may quote the URL, password included: do not pass it on.
+            .map_err(|_| invalid("database.url", "not a valid PostgreSQL connection URL"))?;
+        if let Some(schema) = &db.schema {
+            let ok = !schema.is_empty()
+                && schema.len() <= 63
+                && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(invalid("database.schema", "a lowercase SQL identifier"));
+            }
+        }
+        if db.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        let schedule = &self.retry.schedule;
+        if schedule.is_empty() {
+            return Err(invalid("retry.schedule", "needs at least one delay"));
+        }
+        if schedule
+            .iter()
+            .any(|d| d.is_zero() || !d.subsec_nanos().is_multiple_of(1_000_000))
+        {
+            return Err(invalid(
+                "retry.schedule",
+                "delays are whole milliseconds above zero",
+            ));
+        }
+        if schedule.windows(2).any(|w| w[0] > w[1]) {
+            return Err(invalid("retry.schedule", "delays must not decrease"));
+        }
+        Ok(())
+    }
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{value}` is not one of {}", allowed.join(", ")),
+        ))
+    }
+}
+
+/// `"90s"`, `"5m"`, `"24h"`, `"250ms"`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(serde::de::Error::custom)
+}
+
+/// A list of durations, as a TOML/figment array or a comma-separated string (`"5s,5m,30m"`),
+/// which is what fits in one environment variable.
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::List(items) => items,
+        Raw::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
+        .collect()
+}

@@ -1,0 +1,175 @@
+//! PostgreSQL: the connection pool and the migrations.
+//!
+//! Migrations are the SQL files under `schemas/sql/`, compiled into the binary and applied in
+//! version order at start. Several replicas may start at once, so the runner takes a session
+//! advisory lock (one per schema) before reading the version table: the first replica applies,
+//! the others wait and then find nothing to do. Each migration runs in its own transaction
+//! together with its row in `schema_migrations`, so a crash leaves it either applied and
+//! recorded or neither. A recorded migration whose file has changed since is an error: editing
+//! an applied migration silently diverges environments; write a new one instead.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error("database connection pool")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database query")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("migration {version} ({name}) was changed after it was applied; add a new migration")]
+    MigrationChanged { version: i32, name: &'static str },
+    #[error(
+        "the database has migration {version}, which this build does not know; run a newer build"
+    )]
+    UnknownMigration { version: i32 },
+}
+
+/// One SQL file from `schemas/sql/`.
+#[derive(Debug)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. `tests/migrations.rs` checks that this lists each file in
+/// `schemas/sql/` exactly once.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_initial.sql",
+    sql: include_str!("../../schemas/sql/0001_initial.sql"),
+}];
+
+/// A pool of connections whose `search_path` is the configured schema (if any).
+pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    let mut pg: tokio_postgres::Config = config
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(|_| DbError::Config("database.url is not a valid PostgreSQL URL".into()))?;
+    pg.connect_timeout(config.connect_timeout);
+    if pg.get_application_name().is_none() {
+        pg.application_name("harborhook");
+    }
+    if let Some(schema) = &config.schema {
+        // The schema name was validated as a plain identifier at config load.
+        pg.options(format!("-c search_path={schema}"));
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+fn checksum(sql: &str) -> String {
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationReport {
+    pub applied: Vec<i32>,
+    pub already: Vec<i32>,
+}
+
+/// Applies every migration the database lacks (see the module docs for the locking).
+pub async fn migrate(pool: &Pool, schema: Option<&str>) -> Result<MigrationReport, DbError> {
+    let mut client = pool.get().await?;
+    let lock_name = format!("harborhook.migrations:{}", schema.unwrap_or("public"));
+    client
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_name])
+        .await?;
+    let result = migrate_locked(&mut client, schema).await;
+    // On an error the connection may be unusable; the lock dies with the session either way.
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_name])
+        .await;
+    let report = result?;
+    unlock?;
+    Ok(report)
+}
+
+async fn migrate_locked(
+    client: &mut deadpool_postgres::Client,
+    schema: Option<&str>,
+) -> Result<MigrationReport, DbError> {
+    if let Some(schema) = schema {
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await?;
+    }
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                checksum text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    let rows = client
+        .query("SELECT version, checksum FROM schema_migrations", &[])
+        .await?;
+    let mut report = MigrationReport {
+        applied: Vec::new(),
+        already: Vec::new(),
+    };
+    for row in &rows {
+        let version: i32 = row.get(0);
+        if !MIGRATIONS.iter().any(|m| m.version == version) {
+            return Err(DbError::UnknownMigration { version });
+        }
+    }
+    for m in MIGRATIONS {
+        let sum = checksum(m.sql);
+        match rows.iter().find(|r| r.get::<_, i32>(0) == m.version) {
+            Some(row) if row.get::<_, String>(1) == sum => report.already.push(m.version),
+            Some(_) => {
+                return Err(DbError::MigrationChanged {
+                    version: m.version,
+                    name: m.name,
+                });
+            }
+            None => {
+                let tx = client.transaction().await?;
+                tx.batch_execute(m.sql).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    &[&m.version, &m.name, &sum],
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::info!(version = m.version, name = m.name, "applied migration");
+                report.applied.push(m.version);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// `SELECT 1` through the pool: the database half of `/readyz`.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    pool.get().await?.query_one("SELECT 1", &[]).await?;
+    Ok(())
+}

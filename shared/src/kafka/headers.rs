@@ -1,0 +1,67 @@
+//! Kafka record headers: W3C trace context and the tenant id.
+//!
+//! The trace context rides from the gateway's request span, through `events`, `deliveries` and
+//! the retry tiers, to every delivery attempt, so one trace shows an event's whole life. The
+//! propagator is used directly (not the global one) so propagation works whether or not an OTLP
+//! exporter is configured.
+
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+
+use crate::ids::TenantId;
+
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub const TENANT_HEADER: &str = "harborhook-tenant-id";
+
+struct HeaderWriter(Vec<(String, String)>);
+
+impl Injector for HeaderWriter {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
+}
+
+struct HeaderReader<'a>(Option<&'a BorrowedHeaders>);
+
+impl Extractor for HeaderReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let headers = self.0?;
+        headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|h| h.iter().map(|h| h.key).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Headers for a record: the trace context of `cx` (`traceparent`, `tracestate`) and the tenant.
+pub fn trace_headers(cx: &Context, tenant: &TenantId) -> OwnedHeaders {
+    let mut writer = HeaderWriter(Vec::with_capacity(2));
+    TraceContextPropagator::new().inject_context(cx, &mut writer);
+    let tenant = tenant.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(writer.0.len() + 1);
+    for (key, value) in &writer.0 {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers.insert(Header {
+        key: TENANT_HEADER,
+        value: Some(&tenant),
+    })
+}
+
+/// The trace context carried by a record's headers; an empty context when there is none or it
+/// is malformed (a bad header never fails the record).
+pub fn extract_trace_context(headers: Option<&BorrowedHeaders>) -> Context {
+    TraceContextPropagator::new().extract(&HeaderReader(headers))
+}

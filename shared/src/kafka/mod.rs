@@ -1,0 +1,104 @@
+//! Kafka clients as every service uses them.
+//!
+//! **Producer**: idempotent with `acks=all`, so a retried send after a lost ack does not
+//! duplicate a record and an acknowledged record is on every in-sync replica. Compression and
+//! linger trade a few milliseconds for batches; `message.timeout.ms` bounds how long a send may
+//! retry before the caller hears of the failure (and, say, the gateway answers 503).
+//!
+//! **Consumer**: the model is vector's Kafka source. `enable.auto.offset.store=false`: a service
+//! stores an offset only once the record's outcome is durable, and only in order (the per-
+//! partition watermark of each service). `enable.auto.commit=true` then commits what was stored
+//! in the background; services also commit synchronously on revoke and on shutdown, so a hand-
+//! over re-delivers as little as possible. `auto.offset.reset=earliest`: a new group starts at
+//! the beginning rather than silently skipping records written before it existed.
+//!
+//! The partition assignment strategy is explicit (`roundrobin` by default, eager): on a rebalance
+//! every partition is revoked and re-assigned, which keeps the revoke handling (drain, store,
+//! commit) one code path. docs/kafka.md says when to choose `cooperative-sticky`.
+
+mod headers;
+mod topics;
+
+pub use headers::{TENANT_HEADER, TRACEPARENT_HEADER, extract_trace_context, trace_headers};
+pub use topics::{
+    EnsureReport, PartitionMismatch, RetryTier, TopicCatalog, TopicKind, TopicSpec, ensure_topics,
+    tier_name,
+};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use secrecy::ExposeSecret;
+
+use crate::config::KafkaConfig;
+
+pub use rdkafka::error::KafkaError;
+
+/// Settings shared by producers, consumers and admin clients: where and how to connect.
+pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap)
+        .set("client.id", client_id)
+        .set("security.protocol", &config.security_protocol);
+    if let Some(mechanism) = &config.sasl_mechanism {
+        c.set("sasl.mechanisms", mechanism);
+    }
+    if let Some(user) = &config.sasl_username {
+        c.set("sasl.username", user);
+    }
+    if let Some(password) = &config.sasl_password {
+        c.set("sasl.password", password.expose_secret());
+    }
+    if let Some(ca) = &config.ssl_ca_location {
+        c.set("ssl.ca.location", ca);
+    }
+    c
+}
+
+/// The producer every service writes with (see the module docs for the settings).
+pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    client_config(config, client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &config.compression)
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("batch.size", config.batch_size_bytes.to_string())
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .create()
+}
+
+/// A consumer in `group_id` with manual offset store (see the module docs).
+pub fn consumer<C: ConsumerContext + 'static>(
+    config: &KafkaConfig,
+    client_id: &str,
+    group_id: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, KafkaError> {
+    client_config(config, client_id)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set(
+            "partition.assignment.strategy",
+            &config.partition_assignment_strategy,
+        )
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .create_with_context(context)
+}
+
+pub fn admin(
+    config: &KafkaConfig,
+    client_id: &str,
+) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(config, client_id).create()
+}
+
+/// The consumer group of a service: the topic prefix keeps installations (and tests) apart.
+pub fn group_id(config: &KafkaConfig, service: &str) -> String {
+    format!("{}{service}", config.topic_prefix)
+}

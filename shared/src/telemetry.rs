@@ -1,0 +1,96 @@
+//! Logs, traces and the metrics registry.
+//!
+//! Logs are JSON lines on stdout (level from `RUST_LOG`, default `info`), with the fields of the
+//! enclosing spans, so a line inside a delivery's span carries its tenant, event, delivery and
+//! endpoint ids. Every span also gets an OpenTelemetry span (tracing-opentelemetry), whether or
+//! not an exporter is configured: that is what gives a span a trace id to put in Kafka headers.
+//! With an OTLP endpoint (`telemetry.otlp_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`) spans are
+//! also exported over OTLP/HTTP in batches.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTLP exporter for {endpoint}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Flushes and stops trace export when dropped; keep it alive for the life of the process.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::debug!(error = %e, "trace provider shutdown");
+        }
+    }
+}
+
+/// Installs the global subscriber. A second call (tests start several services in one process)
+/// keeps the first subscriber and still returns a working guard.
+pub fn init(
+    service: &'static str,
+    config: &TelemetryConfig,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let resource = Resource::builder().with_service_name(service).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(url)
+            .build()
+            .map_err(|source| TelemetryError::Exporter {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let installed = match config.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(true),
+            )
+            .try_init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+    };
+    if installed.is_err() {
+        tracing::debug!("a global subscriber was already installed; keeping it");
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// The OpenTelemetry context of the current tracing span, to inject into Kafka headers.
+pub fn current_context() -> opentelemetry::Context {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    tracing::Span::current().context()
+}
+
+/// Makes `span` a child of the trace carried by `cx` (from a Kafka record's headers).
+pub fn set_parent(span: &tracing::Span, cx: opentelemetry::Context) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if let Err(e) = span.set_parent(cx) {
+        tracing::debug!(error = %e, "could not set span parent");
+    }
+}

@@ -1,0 +1,213 @@
+//! Configuration precedence (defaults < file < environment) and validation errors that name the
+//! key. figment's `Jail` gives each test its own environment and working directory.
+
+// figment::Jail closures must return figment::Error, which is large; nothing to do about it here.
+#![allow(clippy::result_large_err)]
+
+use std::time::Duration;
+
+use figment::Jail;
+use secrecy::ExposeSecret as _;
+use shared::config::{Config, ConfigError, LogFormat};
+
+fn load() -> figment::error::Result<Config> {
+    Config::load().map_err(|e| e.to_string().into())
+}
+
+fn load_error() -> ConfigError {
+    Config::load().expect_err("configuration should be rejected")
+}
+
+#[test]
+fn defaults_apply_without_file_or_environment() {
+    Jail::expect_with(|jail| {
+        // The test runner's own HARBORHOOK_* variables must not leak in.
+        jail.clear_env();
+        let config = load()?;
+        assert_eq!(config.kafka.bootstrap, "127.0.0.1:9092");
+        assert_eq!(config.kafka.topic_prefix, "harborhook.");
+        assert_eq!(config.retry.schedule.len(), 6);
+        assert_eq!(config.retry.schedule[1], Duration::from_secs(300));
+        assert_eq!(config.gateway.listen.port(), 8080);
+        assert_eq!(config.telemetry.log_format, LogFormat::Json);
+        Ok(())
+    });
+}
+
+#[test]
+fn file_overrides_defaults_and_environment_overrides_file() {
+    Jail::expect_with(|jail| {
+        // The test runner's own HARBORHOOK_* variables must not leak in.
+        jail.clear_env();
+        jail.create_file(
+            "harborhook.toml",
+            r#"
+            [kafka]
+            bootstrap = "file-broker:9092"
+            topic_prefix = "fromfile."
+
+            [retry]
+            schedule = ["1s", "10s"]
+
+            [database]
+            pool_size = 3
+            "#,
+        )?;
+        jail.set_env("HARBORHOOK_CONFIG", "harborhook.toml");
+        let from_file = load()?;
+        assert_eq!(from_file.kafka.bootstrap, "file-broker:9092");
+        assert_eq!(from_file.kafka.topic_prefix, "fromfile.");
+        assert_eq!(
+            from_file.retry.schedule,
+            [Duration::from_secs(1), Duration::from_secs(10)]
+        );
+        assert_eq!(from_file.database.pool_size, 3);
+
+        jail.set_env("HARBORHOOK_KAFKA__BOOTSTRAP", "env-broker:9093");
+        jail.set_env("HARBORHOOK_RETRY__SCHEDULE", "2s, 20s, 2m");
+        jail.set_env("HARBORHOOK_TELEMETRY__LOG_FORMAT", "text");
+        let from_env = load()?;
+        assert_eq!(from_env.kafka.bootstrap, "env-broker:9093");
+        // Not overridden by the environment: still from the file.
+        assert_eq!(from_env.kafka.topic_prefix, "fromfile.");
+        assert_eq!(from_env.database.pool_size, 3);
+        assert_eq!(
+            from_env.retry.schedule,
+            [
+                Duration::from_secs(2),
+                Duration::from_secs(20),
+                Duration::from_secs(120)
+            ]
+        );
+        assert_eq!(from_env.telemetry.log_format, LogFormat::Text);
+        Ok(())
+    });
+}
+
+#[test]
+fn variables_of_harborctl_are_not_configuration_keys() {
+    Jail::expect_with(|jail| {
+        // The test runner's own HARBORHOOK_* variables must not leak in.
+        jail.clear_env();
+        jail.set_env("HARBORHOOK_URL", "http://127.0.0.1:8080");
+        jail.set_env("HARBORHOOK_TOKEN", "abc");
+        load()?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_named_but_missing_file_fails_with_its_path() {
+    Jail::expect_with(|jail| {
+        // The test runner's own HARBORHOOK_* variables must not leak in.
+        jail.clear_env();
+        jail.set_env("HARBORHOOK_CONFIG", "nope.toml");
+        match load_error() {
+            ConfigError::File { path, .. } => assert_eq!(path, "nope.toml"),
+            other => panic!("unexpected {other:?}"),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn invalid_values_name_their_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("HARBORHOOK_KAFKA__BOOTSTRAP", "no-port", "kafka.bootstrap"),
+        (
+            "HARBORHOOK_KAFKA__TOPIC_PREFIX",
+            "bad/prefix",
+            "kafka.topic_prefix",
+        ),
+        (
+            "HARBORHOOK_KAFKA__COMPRESSION",
+            "brotli",
+            "kafka.compression",
+        ),
+        (
+            "HARBORHOOK_KAFKA__SECURITY_PROTOCOL",
+            "sasl_ssl",
+            "kafka.sasl_mechanism",
+        ),
+        (
+            "HARBORHOOK_TOPICS__EVENTS_PARTITIONS",
+            "0",
+            "topics.events_partitions",
+        ),
+        (
+            "HARBORHOOK_TOPICS__DELIVERIES_PARTITIONS",
+            "many",
+            "topics.deliveries_partitions",
+        ),
+        ("HARBORHOOK_DATABASE__POOL_SIZE", "0", "database.pool_size"),
+        (
+            "HARBORHOOK_DATABASE__SCHEMA",
+            "Robert'); DROP TABLE",
+            "database.schema",
+        ),
+        ("HARBORHOOK_RETRY__SCHEDULE", "5m,5s", "retry.schedule"),
+        ("HARBORHOOK_RETRY__SCHEDULE", "soon", "retry.schedule"),
+        ("HARBORHOOK_GATEWAY__LISTEN", "localhost", "gateway.listen"),
+        (
+            "HARBORHOOK_TELEMETRY__LOG_FORMAT",
+            "xml",
+            "telemetry.log_format",
+        ),
+        (
+            "HARBORHOOK_KAFKA__BOOTSTRAPS",
+            "typo:9092",
+            "kafka.bootstraps",
+        ),
+    ];
+    for &(var, value, key) in cases {
+        Jail::expect_with(|jail| {
+            // The test runner's own HARBORHOOK_* variables must not leak in.
+            jail.clear_env();
+            jail.set_env(var, value);
+            let err = load_error();
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("`{key}`")),
+                "{var}={value}: `{text}` does not name {key}"
+            );
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    Jail::expect_with(|jail| {
+        // The test runner's own HARBORHOOK_* variables must not leak in.
+        jail.clear_env();
+        jail.set_env(
+            "HARBORHOOK_DATABASE__URL",
+            "postgres://app:hunter2-secret@db:5432/hh",
+        );
+        jail.set_env("HARBORHOOK_KAFKA__SASL_PASSWORD", "kafka-pass-123");
+        let config = load()?;
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2-secret"),
+            "database password leaked: {debug}"
+        );
+        assert!(!debug.contains("kafka-pass-123"), "SASL password leaked");
+        assert_eq!(
+            config.database.url.expose_secret(),
+            "postgres://app:hunter2-secret@db:5432/hh"
+        );
+
+        // A malformed URL's error must not echo the URL (and so the password) either.
+        jail.set_env(
+            "HARBORHOOK_DATABASE__URL",
+            "postgres://app:hunter2-secret@db:notaport/hh",
+        );
+        let text = load_error().to_string();
+        assert!(text.contains("`database.url`"), "{text}");
+        assert!(
+            !text.contains("hunter2-secret"),
+            "password leaked in error: {text}"
+        );
+        Ok(())
+    });
+}
