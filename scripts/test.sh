@@ -10,6 +10,9 @@ scripts/stack.sh up
 # Schemas left by test runs that crashed before their cleanup.
 psql "$DATABASE_URL" -Atqc "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'hh\_test\_%'" |
   while read -r schema; do psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null; done
+# Broker databases of broker-restart tests that crashed (hh_test_broker_*).
+psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'hh\_test\_broker\_%'" |
+  while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null; done
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"
 else

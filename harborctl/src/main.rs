@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use shared::Config;
 
 mod stack;
+mod token;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,36 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Development tokens, signed by the local key pair (never for production).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create the development key pair and JWKS file if missing; print the JWKS path.
+    Init {
+        #[arg(long, default_value = ".stack/auth")]
+        keys_dir: std::path::PathBuf,
+    },
+    /// Print a token for a tenant, or with the operator scope.
+    Issue {
+        /// Tenant id (`ten_…`) the token is bound to.
+        #[arg(long)]
+        tenant: Option<shared::ids::TenantId>,
+        /// Add the operator scope (act across tenants).
+        #[arg(long)]
+        operator: bool,
+        /// Lifetime, e.g. `1h`, `30m`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long, default_value = "harborctl")]
+        subject: String,
+        #[arg(long, default_value = ".stack/auth")]
+        keys_dir: std::path::PathBuf,
     },
 }
 
@@ -85,6 +116,21 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check,
             } => stack::check_config(&config, cli.json),
+            Command::Token {
+                command: TokenCommand::Init { keys_dir },
+            } => token::init(&keys_dir, cli.json),
+            Command::Token {
+                command:
+                    TokenCommand::Issue {
+                        tenant,
+                        operator,
+                        ttl,
+                        subject,
+                        keys_dir,
+                    },
+            } => token::issue(
+                &config, &keys_dir, tenant, operator, ttl, &subject, cli.json,
+            ),
         }
     });
     match result {

@@ -70,15 +70,19 @@ CREATE INDEX events_tenant_type_created ON events (tenant_id, event_type, create
 -- Retention deletes by age.
 CREATE INDEX events_created ON events (created_at);
 
--- (tenant, idempotency key) -> event, for the idempotency window. A row past expires_at no
--- longer counts and is removed by retention; the primary key makes concurrent duplicates
--- collide in the database rather than in application code.
+-- (tenant, idempotency key) -> event, for the idempotency window. The primary key makes
+-- concurrent duplicates collide in the database, whichever gateway replica they reach.
+-- state: 'pending' while the first request is producing, 'published' once the broker acked,
+-- 'failed' when producing failed (the next request with the key takes over the same event id).
+-- request_hash tells a retry of the same request from a reuse of the key for another one.
 CREATE TABLE idempotency_keys (
-    tenant_id   uuid NOT NULL,
-    key         text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
-    event_id    uuid NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    expires_at  timestamptz NOT NULL,
+    tenant_id     uuid NOT NULL,
+    key           text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    event_id      uuid NOT NULL,
+    request_hash  text NOT NULL,
+    state         text NOT NULL CHECK (state IN ('pending', 'published', 'failed')),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at    timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);
@@ -120,3 +124,16 @@ CREATE TABLE delivery_attempts (
     PRIMARY KEY (delivery_id, attempt)
 );
 CREATE INDEX delivery_attempts_started ON delivery_attempts (started_at);
+
+-- Operator replays: who re-enqueued what, when, why. One row per replay operation; a
+-- single-delivery replay through the API is an operation of one.
+CREATE TABLE replays (
+    id            uuid PRIMARY KEY,
+    tenant_id     uuid,
+    requested_by  text NOT NULL,
+    reason        text NOT NULL,
+    filter        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    count         integer NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX replays_created ON replays (created_at DESC);

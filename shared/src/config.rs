@@ -204,12 +204,69 @@ pub enum LogFormat {
 pub struct GatewayConfig {
     /// The API, `/healthz`, `/readyz` and `/metrics` share this address.
     pub listen: SocketAddr,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long a (tenant, idempotency key) maps to its first event.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+    /// How long a publish waits for the broker's acknowledgement before answering 503.
+    #[serde(deserialize_with = "duration")]
+    pub publish_timeout: Duration,
+    /// Refuse `http://` endpoint URLs.
+    pub https_only: bool,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    #[serde(deserialize_with = "duration")]
+    pub secret_rotation_overlap: Duration,
+    /// Requests per second per tenant (token bucket refill rate).
+    pub rate_limit_per_sec: u32,
+    /// Token bucket size per tenant.
+    pub rate_limit_burst: u32,
+    pub auth: AuthConfig,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            publish_timeout: Duration::from_secs(5),
+            https_only: false,
+            secret_rotation_overlap: Duration::from_secs(24 * 3600),
+            rate_limit_per_sec: 200,
+            rate_limit_burst: 400,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// How the gateway verifies bearer tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// JWKS document URL (fetched, cached, refreshed on an unknown `kid`).
+    pub jwks_url: Option<String>,
+    /// JWKS file (read at start, re-read on an unknown `kid`). Used when `jwks_url` is unset.
+    pub jwks_file: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+    /// How long fetched keys are trusted before a refetch.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_cache_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwks_url: None,
+            jwks_file: Some(".stack/auth/jwks.json".into()),
+            issuer: "harborhook-dev".into(),
+            audience: "harborhook".into(),
+            leeway: Duration::from_secs(30),
+            jwks_cache_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -370,6 +427,37 @@ impl Config {
         }
         if db.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        let g = &self.gateway;
+        if g.max_body_bytes < 1024 {
+            return Err(invalid("gateway.max_body_bytes", "must be at least 1024"));
+        }
+        if g.rate_limit_per_sec == 0 || g.rate_limit_burst == 0 {
+            return Err(invalid(
+                "gateway.rate_limit_per_sec",
+                "rate and burst must be above zero",
+            ));
+        }
+        if g.publish_timeout < Duration::from_millis(100) {
+            return Err(invalid("gateway.publish_timeout", "must be at least 100ms"));
+        }
+        match (&g.auth.jwks_url, &g.auth.jwks_file) {
+            (None, None) => {
+                return Err(invalid(
+                    "gateway.auth.jwks_url",
+                    "set jwks_url or jwks_file",
+                ));
+            }
+            (Some(url), _) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                return Err(invalid("gateway.auth.jwks_url", "must be an http(s) URL"));
+            }
+            _ => {}
+        }
+        if g.auth.issuer.is_empty() || g.auth.audience.is_empty() {
+            return Err(invalid(
+                "gateway.auth.issuer",
+                "issuer and audience must be set",
+            ));
         }
         let schedule = &self.retry.schedule;
         if schedule.is_empty() {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod ids;
+pub mod jwt;
 pub mod kafka;
 pub mod ops;
 pub mod records;

@@ -41,6 +41,9 @@ pub enum ServiceError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// A service-specific dependency that failed at start (e.g. the gateway's token keys).
+    #[error("start-up dependency")]
+    Dependency(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The connections and catalog a service starts with.

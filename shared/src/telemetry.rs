@@ -94,3 +94,22 @@ pub fn set_parent(span: &tracing::Span, cx: opentelemetry::Context) {
         tracing::debug!(error = %e, "could not set span parent");
     }
 }
+
+struct HttpHeaders<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(axum::http::HeaderName::as_str).collect()
+    }
+}
+
+/// The W3C trace context a caller sent in its HTTP headers (empty when none), so a client's
+/// trace continues through the gateway into Kafka.
+pub fn extract_http(headers: &axum::http::HeaderMap) -> opentelemetry::Context {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&HttpHeaders(headers))
+}

@@ -1,0 +1,346 @@
+//! Deliveries: of an event, one with its attempts, replay of one, and the dead-letter list.
+//!
+//! Delivery rows are written by the fanout-processor and updated by the delivery-consumer.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use rdkafka::producer::FutureRecord;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
+use shared::kafka::trace_headers;
+use shared::records::{DeliveryRecord, ReplayInfo, SchemaVersion};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, Query};
+use crate::pagination::{Cursor, Page, cursor_bounds, page_params};
+use crate::routes::events::load_event;
+use crate::routes::{parse_action, parse_id};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    id: DeliveryId,
+    tenant_id: TenantId,
+    event_id: EventId,
+    endpoint_id: EndpointId,
+    event_type: String,
+    status: String,
+    attempts: i32,
+    last_status_code: Option<i32>,
+    last_error_class: Option<String>,
+    skip_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    delivered_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<&Row> for DeliveryView {
+    type Error = ApiError;
+    fn try_from(row: &Row) -> Result<Self, ApiError> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            event_id: row.try_get("event_id")?,
+            endpoint_id: row.try_get("endpoint_id")?,
+            event_type: row.try_get("event_type")?,
+            status: row.try_get("status")?,
+            attempts: row.try_get("attempts")?,
+            last_status_code: row.try_get("last_status_code")?,
+            last_error_class: row.try_get("last_error_class")?,
+            skip_reason: row.try_get("skip_reason")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            delivered_at: row.try_get("delivered_at")?,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, event_id, endpoint_id, event_type, status, attempts, last_status_code, \
+    last_error_class, skip_reason, created_at, updated_at, delivered_at";
+
+/// The deliveries of `event`, newest first, optionally filtered.
+pub async fn delivery_rows(
+    state: &AppState,
+    event: &EventId,
+    endpoint: Option<EndpointId>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    cursor: Option<Cursor>,
+    limit: i64,
+) -> ApiResult<Vec<DeliveryView>> {
+    let (before_time, before_id) = cursor_bounds(cursor);
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM deliveries
+                 WHERE event_id = $1 AND ($2::uuid IS NULL OR endpoint_id = $2)
+                   AND ($3::timestamptz IS NULL OR created_at >= $3)
+                   AND ($4::timestamptz IS NULL OR created_at < $4)
+                   AND (created_at, id) < ($5, $6)
+                 ORDER BY created_at DESC, id DESC LIMIT $7"
+            ),
+            &[
+                event,
+                &endpoint,
+                &from,
+                &to,
+                &before_time,
+                &before_id,
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(DeliveryView::try_from).collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfEventParams {
+    endpoint_id: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn endpoint_filter(text: Option<&str>) -> ApiResult<Option<EndpointId>> {
+    text.map(str::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid("endpoint_id", e))
+}
+
+pub async fn of_event(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(event): Path<String>,
+    Query(params): Query<OfEventParams>,
+) -> ApiResult<Json<Page<DeliveryView>>> {
+    let id: EventId = parse_id(&event, "event")?;
+    load_event(&state, &principal, &id).await?;
+    let (limit, cursor) = page_params(params.limit, params.cursor.as_deref())?;
+    let endpoint = endpoint_filter(params.endpoint_id.as_deref())?;
+    let rows = delivery_rows(
+        &state,
+        &id,
+        endpoint,
+        params.from,
+        params.to,
+        cursor,
+        limit + 1,
+    )
+    .await?;
+    Ok(Json(Page::from_rows(rows, limit, |d| Cursor {
+        created_at: d.created_at,
+        id: *d.id.as_uuid(),
+    })))
+}
+
+async fn load(state: &AppState, principal: &Principal, id: &DeliveryId) -> ApiResult<DeliveryView> {
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1"),
+            &[id],
+        )
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    let delivery = DeliveryView::try_from(&row)?;
+    principal
+        .require_tenant(&delivery.tenant_id)
+        .map_err(|_| ApiError::NotFound("delivery"))?;
+    Ok(delivery)
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(delivery): Path<String>,
+) -> ApiResult<Json<DeliveryView>> {
+    let id: DeliveryId = parse_id(&delivery, "delivery")?;
+    load(&state, &principal, &id).await.map(Json)
+}
+
+pub async fn attempts(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(delivery): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: DeliveryId = parse_id(&delivery, "delivery")?;
+    load(&state, &principal, &id).await?;
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT attempt, started_at, duration_ms, status_code, error_class, error, response_excerpt
+             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+            &[&id],
+        )
+        .await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for r in &rows {
+        data.push(json!({
+            "attempt": r.try_get::<_, i32>(0)?,
+            "started_at": r.try_get::<_, DateTime<Utc>>(1)?,
+            "duration_ms": r.try_get::<_, i32>(2)?,
+            "status_code": r.try_get::<_, Option<i32>>(3)?,
+            "error_class": r.try_get::<_, Option<String>>(4)?,
+            "error": r.try_get::<_, Option<String>>(5)?,
+            "response_excerpt": r.try_get::<_, Option<String>>(6)?,
+        }));
+    }
+    Ok(Json(json!({"data": data})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    reason: String,
+}
+
+/// `POST /v1/deliveries/{id}:replay`: re-enqueues the delivery, keeping its id (`webhook-id`)
+/// so receivers can deduplicate, and records who replayed it and why.
+pub async fn action(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(segment): Path<String>,
+    JsonBody(body): JsonBody<ReplayBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (id, verb) = parse_action(&segment)?;
+    if verb != "replay" {
+        return Err(ApiError::NotFound("action"));
+    }
+    let id: DeliveryId = parse_id(id, "delivery")?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 1000 {
+        return Err(ApiError::invalid("reason", "1 to 1000 characters"));
+    }
+    let delivery = load(&state, &principal, &id).await?;
+    let event = load_event(&state, &principal, &delivery.event_id).await?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.query_opt(
+        "SELECT 1 FROM endpoints WHERE id = $1",
+        &[&delivery.endpoint_id],
+    )
+    .await?
+    .ok_or_else(|| ApiError::Conflict("the delivery's endpoint no longer exists".into()))?;
+    let replay_id = Uuid::now_v7();
+    let filter = json!({"delivery_id": id});
+    tx.execute(
+        "INSERT INTO replays (id, tenant_id, requested_by, reason, filter, count) VALUES ($1, $2, $3, $4, $5, 1)",
+        &[&replay_id, &delivery.tenant_id, &principal.subject, &reason, &filter],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE deliveries SET status = 'pending', updated_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    let record = DeliveryRecord {
+        schema_version: SchemaVersion::CURRENT,
+        delivery_id: id,
+        event_id: delivery.event_id,
+        tenant_id: delivery.tenant_id,
+        endpoint_id: delivery.endpoint_id,
+        event_type: event.event_type().parse().map_err(ApiError::internal)?,
+        payload: event.payload_object(),
+        occurred_at: event.created_at(),
+        attempt: 1,
+        attempts: Vec::new(),
+        replay: Some(ReplayInfo {
+            replay_id: replay_id.to_string(),
+            reason: reason.to_owned(),
+            requested_by: principal.subject.clone(),
+            replayed_at: Utc::now(),
+        }),
+    };
+    let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+    let key = delivery.endpoint_id.to_string();
+    let headers = trace_headers(&shared::telemetry::current_context(), &delivery.tenant_id);
+    state
+        .producer()
+        .send(
+            FutureRecord::to(state.catalog.deliveries())
+                .key(&key)
+                .payload(&value)
+                .headers(headers),
+            state.config.publish_timeout,
+        )
+        .await
+        .map_err(|(e, _)| {
+            tracing::warn!(delivery_id = %id, error = %e, "replay produce failed");
+            state.replace_producer_if_fatal();
+            ApiError::Unavailable {
+                message: "the delivery log is unavailable; retry".into(),
+                retry_after_secs: 2,
+            }
+        })?;
+    // Produced: record it. Should this commit fail, the replay happened unrecorded; say so.
+    if let Err(e) = tx.commit().await {
+        tracing::error!(delivery_id = %id, replay_id = %replay_id, error = %e, "replay sent but not recorded");
+    }
+    tracing::info!(delivery_id = %id, replay_id = %replay_id, by = %principal.subject, "delivery replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"delivery_id": id, "replay_id": replay_id.to_string()})),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqParams {
+    endpoint_id: Option<String>,
+    /// Operators may narrow the all-tenant view to one tenant.
+    tenant_id: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/dlq`: dead-lettered deliveries of the caller's tenant, or of all tenants for an
+/// operator token.
+pub async fn dlq(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<DlqParams>,
+) -> ApiResult<Json<Page<DeliveryView>>> {
+    let (limit, cursor) = page_params(params.limit, params.cursor.as_deref())?;
+    let endpoint = endpoint_filter(params.endpoint_id.as_deref())?;
+    let requested: Option<TenantId> = params
+        .tenant_id
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid("tenant_id", e))?;
+    let tenant = match (principal.tenant_scope(), requested) {
+        (Some(own), Some(other)) if own != other => return Err(ApiError::NotFound("tenant")),
+        (Some(own), _) => Some(own),
+        (None, requested) => requested,
+    };
+    let (before_time, before_id) = cursor_bounds(cursor);
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM deliveries
+                 WHERE status = 'dead_lettered' AND ($1::uuid IS NULL OR tenant_id = $1)
+                   AND ($2::uuid IS NULL OR endpoint_id = $2) AND (updated_at, id) < ($3, $4)
+                 ORDER BY updated_at DESC, id DESC LIMIT $5"
+            ),
+            &[&tenant, &endpoint, &before_time, &before_id, &(limit + 1)],
+        )
+        .await?;
+    let views = rows
+        .iter()
+        .map(DeliveryView::try_from)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(Page::from_rows(views, limit, |d| Cursor {
+        created_at: d.updated_at,
+        id: *d.id.as_uuid(),
+    })))
+}

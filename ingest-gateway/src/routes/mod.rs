@@ -1,0 +1,137 @@
+//! The HTTP routes. Paths keep the replaced system's (`/v1/tenants/{id}/events:publish`, …);
+//! custom methods use the `{id}:verb` form, routed as one path segment and split here because
+//! the router matches whole segments.
+
+pub mod deliveries;
+pub mod endpoints;
+pub mod events;
+pub mod subscriptions;
+pub mod tenants;
+
+use std::str::FromStr;
+
+use axum::Router;
+use axum::routing::{get, post};
+use shared::ids::TenantId;
+use tokio_postgres::GenericClient;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Every API route as (method, path), the list the OpenAPI test checks against.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/ping"),
+    ("POST", "/v1/tenants"),
+    ("GET", "/v1/tenants/{tenant_id}"),
+    ("POST", "/v1/tenants/{tenant_id}/endpoints"),
+    ("GET", "/v1/tenants/{tenant_id}/endpoints"),
+    ("GET", "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}"),
+    ("PATCH", "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}"),
+    ("DELETE", "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}"),
+    (
+        "POST",
+        "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}:enable",
+    ),
+    (
+        "POST",
+        "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}:disable",
+    ),
+    (
+        "POST",
+        "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}:rotate-secret",
+    ),
+    (
+        "GET",
+        "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/secret",
+    ),
+    ("POST", "/v1/tenants/{tenant_id}/subscriptions"),
+    ("GET", "/v1/tenants/{tenant_id}/subscriptions"),
+    (
+        "GET",
+        "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}",
+    ),
+    (
+        "DELETE",
+        "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}",
+    ),
+    ("POST", "/v1/tenants/{tenant_id}/events:publish"),
+    ("POST", "/v1/tenants/{tenant_id}/events:batch"),
+    ("GET", "/v1/tenants/{tenant_id}/events"),
+    ("GET", "/v1/events/{event_id}"),
+    ("GET", "/v1/events/{event_id}/deliveries"),
+    ("GET", "/v1/deliveries/{delivery_id}"),
+    ("GET", "/v1/deliveries/{delivery_id}/attempts"),
+    ("POST", "/v1/deliveries/{delivery_id}:replay"),
+    ("GET", "/v1/dlq"),
+];
+
+pub fn api() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/ping",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/v1/tenants", post(tenants::create))
+        .route("/v1/tenants/{tenant_id}", get(tenants::get))
+        .route(
+            "/v1/tenants/{tenant_id}/endpoints",
+            post(endpoints::create).get(endpoints::list),
+        )
+        .route(
+            "/v1/tenants/{tenant_id}/endpoints/{endpoint}",
+            get(endpoints::get)
+                .patch(endpoints::update)
+                .delete(endpoints::delete)
+                .post(endpoints::action),
+        )
+        .route(
+            "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/secret",
+            get(endpoints::secret),
+        )
+        .route(
+            "/v1/tenants/{tenant_id}/subscriptions",
+            post(subscriptions::create).get(subscriptions::list),
+        )
+        .route(
+            "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}",
+            get(subscriptions::get).delete(subscriptions::delete),
+        )
+        .route(
+            "/v1/tenants/{tenant_id}/events:publish",
+            post(events::publish),
+        )
+        .route("/v1/tenants/{tenant_id}/events:batch", post(events::batch))
+        .route("/v1/tenants/{tenant_id}/events", get(events::list))
+        .route("/v1/events/{event_id}", get(events::get))
+        .route(
+            "/v1/events/{event_id}/deliveries",
+            get(deliveries::of_event),
+        )
+        .route(
+            "/v1/deliveries/{delivery}",
+            get(deliveries::get).post(deliveries::action),
+        )
+        .route(
+            "/v1/deliveries/{delivery_id}/attempts",
+            get(deliveries::attempts),
+        )
+        .route("/v1/dlq", get(deliveries::dlq))
+}
+
+/// Parses a path id; a malformed id names nothing that exists, so it is a 404.
+pub fn parse_id<T: FromStr>(text: &str, what: &'static str) -> ApiResult<T> {
+    text.parse().map_err(|_| ApiError::NotFound(what))
+}
+
+/// Splits `{id}:{verb}`.
+pub fn parse_action(segment: &str) -> ApiResult<(&str, &str)> {
+    segment.split_once(':').ok_or(ApiError::NotFound("action"))
+}
+
+pub async fn tenant_exists(client: &impl GenericClient, tenant: &TenantId) -> ApiResult<()> {
+    client
+        .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[tenant])
+        .await?
+        .map(|_| ())
+        .ok_or(ApiError::NotFound("tenant"))
+}
