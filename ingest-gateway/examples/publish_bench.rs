@@ -52,7 +52,9 @@ impl Phase {
         self.latencies.sort_unstable();
         let pct = |p: f64| {
             let i = ((self.latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
-            self.latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+            self.latencies
+                .get(i)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
         };
         json!({
             "phase": name,
@@ -74,7 +76,14 @@ struct Target {
 
 impl Target {
     async fn publish(&self) -> bool {
-        match self.http.post(&self.url).bearer_auth(&self.token).json(&self.body).send().await {
+        match self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .json(&self.body)
+            .send()
+            .await
+        {
             Ok(resp) => resp.status() == 202,
             Err(_) => false,
         }
@@ -83,7 +92,12 @@ impl Target {
 
 fn progress(name: &str, start: Instant, phase: &Phase, json: bool) {
     if !json {
-        eprintln!("  {name}: {:>4.0}s  accepted {:>8}  failed {:>6}", start.elapsed().as_secs_f64(), phase.accepted, phase.failed);
+        eprintln!(
+            "  {name}: {:>4.0}s  accepted {:>8}  failed {:>6}",
+            start.elapsed().as_secs_f64(),
+            phase.accepted,
+            phase.failed
+        );
     }
 }
 
@@ -157,7 +171,8 @@ async fn main() -> anyhow::Result<()> {
     let mut env = TestEnv::new();
     let keys_dir = std::env::temp_dir().join(format!("{}-bench-keys", env.schema));
     let keys = DevKeys::load_or_create(&keys_dir)?;
-    env.config.gateway.auth.jwks_file = Some(shared::jwt::jwks_path(&keys_dir).display().to_string());
+    env.config.gateway.auth.jwks_file =
+        Some(shared::jwt::jwks_path(&keys_dir).display().to_string());
     env.config.gateway.rate_limit_per_sec = 10_000_000;
     env.config.gateway.rate_limit_burst = 10_000_000;
     env.config.database.pool_size = 16;
@@ -166,13 +181,35 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let running = ingest_gateway::start(env.config.clone(), shutdown.clone()).await?;
     let base = format!("http://{}", running.local_addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 4).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 4)
+        .build()?;
     let auth = &env.config.gateway.auth;
-    let operator = keys.issue(&Claims::new(&auth.issuer, &auth.audience, "bench", None, true, Duration::from_secs(3600)))?;
-    let tenant: serde_json::Value =
-        http.post(format!("{base}/v1/tenants")).bearer_auth(&operator).json(&json!({"name": "bench"})).send().await?.json().await?;
+    let operator = keys.issue(&Claims::new(
+        &auth.issuer,
+        &auth.audience,
+        "bench",
+        None,
+        true,
+        Duration::from_secs(3600),
+    ))?;
+    let tenant: serde_json::Value = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(&operator)
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
     let tenant_id: shared::ids::TenantId = tenant["id"].as_str().unwrap_or_default().parse()?;
-    let token = keys.issue(&Claims::new(&auth.issuer, &auth.audience, "bench", Some(tenant_id), false, Duration::from_secs(3600)))?;
+    let token = keys.issue(&Claims::new(
+        &auth.issuer,
+        &auth.audience,
+        "bench",
+        Some(tenant_id),
+        false,
+        Duration::from_secs(3600),
+    ))?;
     let target = Arc::new(Target {
         http,
         url: format!("{base}/v1/tenants/{tenant_id}/events:publish"),
@@ -181,7 +218,10 @@ async fn main() -> anyhow::Result<()> {
     });
 
     if !args.json {
-        eprintln!("publish benchmark: {} req/s fixed for {:?}, then maximum with {} workers", args.rate, args.duration, args.concurrency);
+        eprintln!(
+            "publish benchmark: {} req/s fixed for {:?}, then maximum with {} workers",
+            args.rate, args.duration, args.concurrency
+        );
     }
     let fixed = fixed_rate(target.clone(), &args).await;
     let max = maximum(target, &args).await;
@@ -193,9 +233,13 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{:<11} accepted {:>7} failed {:>5}  {:>8.0}/s  p50 {:>6.1} ms  p90 {:>6.1} ms  p99 {:>6.1} ms  max {:>7.1} ms",
                 p["phase"].as_str().unwrap_or(""),
-                p["accepted"], p["failed"], p["accepted_per_sec"].as_f64().unwrap_or(0.0),
-                p["latency_ms"]["p50"].as_f64().unwrap_or(0.0), p["latency_ms"]["p90"].as_f64().unwrap_or(0.0),
-                p["latency_ms"]["p99"].as_f64().unwrap_or(0.0), p["latency_ms"]["max"].as_f64().unwrap_or(0.0),
+                p["accepted"],
+                p["failed"],
+                p["accepted_per_sec"].as_f64().unwrap_or(0.0),
+                p["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                p["latency_ms"]["p90"].as_f64().unwrap_or(0.0),
+                p["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                p["latency_ms"]["max"].as_f64().unwrap_or(0.0),
             );
         }
     }
