@@ -19,7 +19,9 @@ KAFKA_BOOTSTRAP=${KAFKA_BOOTSTRAP:-127.0.0.1:9092}
 PG_DEFAULT_HOST=127.0.0.1
 PG_DEFAULT_PORT=5432
 PG_OWN_PORT=${HARBORHOOK_STACK_PG_PORT:-5433}
-DB_NAME=harborhook
+# The database the stack prepares; scripts/test.sh uses its own, recreated each run, so tests
+# never depend on (or disturb) the development database.
+DB_NAME=${HARBORHOOK_STACK_DB:-harborhook}
 
 say() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -100,6 +102,10 @@ ensure_postgres() {
     pg_isready -q -h 127.0.0.1 -p "$port" || start_own_postgres
   fi
   local admin="postgres://postgres@127.0.0.1:$port/postgres"
+  if [ -n "${HARBORHOOK_STACK_FRESH_DB:-}" ]; then
+    say "recreating database $DB_NAME"
+    psql "$admin" -qc "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null
+  fi
   if [ "$(psql "$admin" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
     say "creating database $DB_NAME"
     psql "$admin" -qc "CREATE DATABASE $DB_NAME" >/dev/null

@@ -4,7 +4,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-scripts/stack.sh up
+# A database of the test run's own (recreated), so a development database migrated by another
+# branch cannot fail the tests, and the tests leave the development data alone.
+HARBORHOOK_STACK_DB=harborhook_test HARBORHOOK_STACK_FRESH_DB=1 scripts/stack.sh up
 # shellcheck disable=SC1091
 . .stack/env
 # Schemas left by test runs that crashed before their cleanup.

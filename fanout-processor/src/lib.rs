@@ -1,25 +1,74 @@
 //! Joins events with subscriptions and emits one delivery record per (event, endpoint).
 //!
-//! `run(config, shutdown)` is the whole service; `main.rs` only loads the configuration. Today
-//! the service connects to PostgreSQL (applying migrations), ensures the topics and serves
-//! `/healthz`, `/readyz` and `/metrics` on `fanout.ops_listen`; its pipeline is built on this in its own
-//! issue (see docs/architecture.md).
+//! `run(config, shutdown)` is the whole service; `main.rs` only loads the configuration. The
+//! design is in docs/fanout.md: the subscription cache (cache.rs), one batch's effects and why
+//! repeating them is safe (batch.rs), and the offset discipline (consume.rs).
+
+mod batch;
+mod cache;
+mod consume;
+mod metrics;
 
 use prometheus_client::registry::Registry;
+use rdkafka::consumer::Consumer as _;
 use shared::Config;
 use shared::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
+pub use batch::INVALID_REASON_HEADER;
+
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
 pub const NAME: &str = "fanout-processor";
 
-/// Starts the service in the background and returns once it is listening.
+/// Starts the service in the background and returns once it is listening and its cache is
+/// loaded.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServiceError> {
-    let registry = Registry::with_prefix("harborhook");
-    let (_foundation, running) =
-        shared::service::start_ops(NAME, config.fanout.ops_listen, &config, registry, shutdown)
-            .await?;
-    Ok(running)
+    let mut registry = Registry::with_prefix("harborhook");
+    let metrics = metrics::Metrics::register(&mut registry);
+    let (foundation, ops) = shared::service::start_ops(
+        NAME,
+        config.fanout.ops_listen,
+        &config,
+        registry,
+        shutdown.clone(),
+    )
+    .await?;
+
+    let cache = cache::Cache::default();
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let maintain = tokio::spawn(cache::maintain(
+        cache.clone(),
+        foundation.pool.clone(),
+        config.clone(),
+        ready_tx,
+        shutdown.clone(),
+    ));
+    // Fan-out against an empty cache would drop every event's deliveries: wait for the load.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = ready_rx.wait_for(|ready| *ready) => {}
+    }
+
+    let group = shared::kafka::group_id(&config.kafka, NAME);
+    let consumer = shared::kafka::consumer(&config.kafka, NAME, &group, consume::CommitOnRevoke)?;
+    consumer.subscribe(&[foundation.catalog.events()])?;
+    let fanout = batch::Fanout {
+        pool: foundation.pool.clone(),
+        producer: foundation.producer.clone(),
+        catalog: foundation.catalog.clone(),
+        cache,
+        metrics,
+        idempotency_window: config.gateway.idempotency_window,
+        produce_timeout: std::time::Duration::from_millis(u64::from(
+            config.kafka.message_timeout_ms,
+        )),
+    };
+    let settings = consume::BatchSettings {
+        max: config.fanout.max_batch,
+        linger: config.fanout.batch_linger,
+    };
+    let worker = tokio::spawn(consume::run(consumer, fanout, settings, shutdown));
+    Ok(ops.with_tasks(vec![worker, maintain]))
 }
 
 /// Runs the service until `shutdown` is cancelled.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shared::Config;
 
+mod produce;
 mod stack;
 mod token;
 
@@ -38,11 +39,23 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Events on Kafka.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Development tokens, signed by the local key pair (never for production).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Write event envelopes (JSON lines on standard input) to the events topic, as a direct
+    /// producer would.
+    Produce,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +129,9 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check,
             } => stack::check_config(&config, cli.json),
+            Command::Events {
+                command: EventsCommand::Produce,
+            } => produce::produce(&config, cli.json).await,
             Command::Token {
                 command: TokenCommand::Init { keys_dir },
             } => token::init(&keys_dir, cli.json),

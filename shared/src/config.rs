@@ -48,7 +48,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub telemetry: TelemetryConfig,
     pub gateway: GatewayConfig,
-    pub fanout: OpsConfig,
+    pub fanout: FanoutConfig,
     pub delivery: OpsConfig,
     pub scheduler: OpsConfig,
 }
@@ -271,6 +271,32 @@ impl Default for AuthConfig {
     }
 }
 
+/// The fanout-processor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutConfig {
+    pub ops_listen: SocketAddr,
+    /// Most `events` records handled as one batch (one transaction, one round of produces).
+    pub max_batch: usize,
+    /// How long a batch waits to fill after its first record.
+    #[serde(deserialize_with = "duration")]
+    pub batch_linger: Duration,
+    /// Full reload of the subscription cache, besides the change notifications.
+    #[serde(deserialize_with = "duration")]
+    pub cache_reload_interval: Duration,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            max_batch: 500,
+            batch_linger: Duration::from_millis(20),
+            cache_reload_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A worker service's operations listener (`/healthz`, `/readyz`, `/metrics`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -295,7 +321,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             telemetry: TelemetryConfig::default(),
             gateway: GatewayConfig::default(),
-            fanout: OpsConfig::on_port(9101),
+            fanout: FanoutConfig::default(),
             delivery: OpsConfig::on_port(9102),
             scheduler: OpsConfig::on_port(9103),
         }
@@ -322,7 +348,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Ok(figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_NOT_CONFIG)))
+        // HARBORHOOK_STACK_* belong to the local stack scripts.
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("stack_"))
+            .split("__")
+            .ignore(ENV_NOT_CONFIG);
+        Ok(figment.merge(env))
     }
 
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
@@ -458,6 +489,9 @@ impl Config {
                 "gateway.auth.issuer",
                 "issuer and audience must be set",
             ));
+        }
+        if !(1..=10_000).contains(&self.fanout.max_batch) {
+            return Err(invalid("fanout.max_batch", "must be between 1 and 10000"));
         }
         let schedule = &self.retry.schedule;
         if schedule.is_empty() {

@@ -41,11 +41,18 @@ pub struct Migration {
 
 /// Every migration, in order. `tests/migrations.rs` checks that this lists each file in
 /// `schemas/sql/` exactly once.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial.sql",
-    sql: include_str!("../../schemas/sql/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial.sql",
+        sql: include_str!("../../schemas/sql/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_config_notify.sql",
+        sql: include_str!("../../schemas/sql/0002_config_notify.sql"),
+    },
+];
 
 /// A pool of connections whose `search_path` is the configured schema (if any).
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {

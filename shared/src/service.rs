@@ -90,11 +90,26 @@ pub struct Running {
     /// Where its HTTP listener (API or ops) is bound: tests start on port 0 and read it here.
     pub local_addr: SocketAddr,
     handle: JoinHandle<Result<(), ServiceError>>,
+    /// The service's workers (consumer loops, cache maintenance), awaited on shutdown.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Waits until the service has shut down (after its shutdown token was cancelled).
+    pub fn with_tasks(mut self, tasks: Vec<JoinHandle<()>>) -> Self {
+        self.tasks.extend(tasks);
+        self
+    }
+
+    /// Waits until the service has shut down (after its shutdown token was cancelled): the
+    /// workers have finished their work and committed, and the HTTP server has stopped.
     pub async fn wait(self) -> Result<(), ServiceError> {
+        for task in self.tasks {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
         match self.handle.await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -122,7 +137,11 @@ pub fn serve(
             .await
             .map_err(ServiceError::Serve)
     });
-    Ok(Running { local_addr, handle })
+    Ok(Running {
+        local_addr,
+        handle,
+        tasks: Vec::new(),
+    })
 }
 
 /// The whole `main` of a service binary: load and validate the configuration, install

@@ -91,6 +91,7 @@ fn variables_of_harborctl_are_not_configuration_keys() {
         jail.clear_env();
         jail.set_env("HARBORHOOK_URL", "http://127.0.0.1:8080");
         jail.set_env("HARBORHOOK_TOKEN", "abc");
+        jail.set_env("HARBORHOOK_STACK_DB", "harborhook_test");
         load()?;
         Ok(())
     });

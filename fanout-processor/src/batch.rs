@@ -1,0 +1,390 @@
+//! One batch of `events` records: validate, join with subscriptions, persist, emit.
+//!
+//! Order of effects, and why it is safe to repeat: (1) one PostgreSQL transaction records the
+//! idempotency keys, the events and their deliveries, all `ON CONFLICT DO NOTHING`; (2) the
+//! delivery records and invalid records are produced and every ack awaited; only then (3) the
+//! caller stores the offsets. A crash anywhere before (3) re-runs the batch: the inserts are
+//! no-ops the second time, and the delivery records are produced again with the same
+//! deterministic delivery ids, so receivers see the same `webhook-id`. Nothing is skipped, and
+//! the only duplicates are records with identical ids.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use futures::future::try_join_all;
+use rdkafka::Message as _;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
+use shared::kafka::{TopicCatalog, extract_trace_context, trace_headers};
+use shared::records::{
+    DeliveryRecord, EventEnvelope, InvalidEventRecord, SchemaVersion, SourcePosition,
+};
+
+use crate::cache::{Cache, Snapshot};
+use crate::metrics::Metrics;
+
+/// Header on `events.invalid` records repeating the reason.
+pub const INVALID_REASON_HEADER: &str = "harborhook-invalid-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("database")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("producing to {topic}")]
+    Produce {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("encoding a record")]
+    Encode(#[from] serde_json::Error),
+}
+
+pub struct Fanout {
+    pub pool: Pool,
+    pub producer: FutureProducer,
+    pub catalog: TopicCatalog,
+    pub cache: Cache,
+    pub metrics: Metrics,
+    pub idempotency_window: Duration,
+    pub produce_timeout: Duration,
+}
+
+struct Valid<'a> {
+    envelope: EventEnvelope,
+    message: &'a OwnedMessage,
+}
+
+struct Invalid<'a> {
+    reason: String,
+    message: &'a OwnedMessage,
+}
+
+fn source(m: &OwnedMessage) -> SourcePosition {
+    SourcePosition {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+    }
+}
+
+fn parse(m: &OwnedMessage) -> Result<EventEnvelope, String> {
+    let bytes = m.payload().ok_or_else(|| "empty record".to_owned())?;
+    serde_json::from_slice(bytes).map_err(|e| format!("not a valid event envelope: {e}"))
+}
+
+impl Fanout {
+    pub async fn handle(&self, messages: &[OwnedMessage]) -> Result<(), BatchError> {
+        let started = Instant::now();
+        let mut valid = Vec::new();
+        let mut invalid = Vec::new();
+        for m in messages {
+            match parse(m) {
+                Ok(envelope) => valid.push(Valid {
+                    envelope,
+                    message: m,
+                }),
+                Err(reason) => invalid.push(Invalid { reason, message: m }),
+            }
+        }
+        self.check_tenants(&mut valid, &mut invalid).await?;
+        // One view of the subscriptions for the whole batch: what is recorded is what is sent.
+        let snapshot = self.cache.snapshot();
+        let duplicates = self.persist(&valid, &snapshot).await?;
+
+        let mut sends = Vec::new();
+        for v in valid
+            .iter()
+            .filter(|v| !duplicates.contains(&v.envelope.event_id))
+        {
+            let e = &v.envelope;
+            let targets = snapshot.targets(&e.tenant_id, &e.event_type);
+            let outcome = if targets.is_empty() {
+                "no_subscribers"
+            } else {
+                "fanned_out"
+            };
+            self.metrics.event(outcome);
+            let cx = extract_trace_context(
+                v.message
+                    .headers()
+                    .map(rdkafka::message::OwnedHeaders::as_borrowed),
+            );
+            for (endpoint, enabled) in targets {
+                if !enabled {
+                    self.metrics.delivery("skipped");
+                    continue;
+                }
+                let record = DeliveryRecord {
+                    schema_version: SchemaVersion::CURRENT,
+                    delivery_id: DeliveryId::derive(&e.event_id, &endpoint),
+                    event_id: e.event_id,
+                    tenant_id: e.tenant_id,
+                    endpoint_id: endpoint,
+                    event_type: e.event_type.clone(),
+                    payload: e.payload.clone(),
+                    occurred_at: e.occurred_at,
+                    attempt: 1,
+                    attempts: Vec::new(),
+                    replay: None,
+                };
+                sends.push((
+                    endpoint.to_string(),
+                    serde_json::to_vec(&record)?,
+                    trace_headers(&cx, &e.tenant_id),
+                ));
+                self.metrics.delivery("pending");
+            }
+        }
+        for _ in &duplicates {
+            self.metrics.event("duplicate");
+        }
+        let deliveries = self.catalog.deliveries();
+        let produced = sends.iter().map(|(key, value, headers)| {
+            let record = FutureRecord::to(deliveries)
+                .key(key)
+                .payload(value)
+                .headers(headers.clone());
+            self.send(record, deliveries)
+        });
+        try_join_all(produced).await?;
+
+        let mut invalid_sends = Vec::new();
+        for i in &invalid {
+            self.metrics.event("invalid");
+            tracing::warn!(partition = i.message.partition(), offset = i.message.offset(), reason = %i.reason, "invalid event record");
+            let record = InvalidEventRecord {
+                schema_version: SchemaVersion::CURRENT,
+                reason: i.reason.clone(),
+                received_at: Utc::now(),
+                source: source(i.message),
+                key_base64: i.message.key().map(|k| BASE64.encode(k)),
+                value_base64: BASE64.encode(i.message.payload().unwrap_or_default()),
+            };
+            invalid_sends.push((i, serde_json::to_vec(&record)?));
+        }
+        let topic = self.catalog.events_invalid();
+        let produced = invalid_sends.iter().map(|(i, value)| {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: INVALID_REASON_HEADER,
+                value: Some(&i.reason),
+            });
+            let mut record = FutureRecord::to(topic).payload(value).headers(headers);
+            if let Some(key) = i.message.key() {
+                record = record.key(key);
+            }
+            self.send(record, topic)
+        });
+        try_join_all(produced).await?;
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn send<K: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        record: FutureRecord<'_, K, Vec<u8>>,
+        topic: &str,
+    ) -> Result<(), BatchError> {
+        self.producer
+            .send(record, self.produce_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(source, _)| BatchError::Produce {
+                topic: topic.to_owned(),
+                source,
+            })
+    }
+
+    /// Events of tenants that do not exist are invalid. The cache may lag a tenant created a
+    /// moment ago, so unknown tenants are checked in PostgreSQL before being refused.
+    async fn check_tenants<'a>(
+        &self,
+        valid: &mut Vec<Valid<'a>>,
+        invalid: &mut Vec<Invalid<'a>>,
+    ) -> Result<(), BatchError> {
+        let snapshot = self.cache.snapshot();
+        let unknown: Vec<TenantId> = valid
+            .iter()
+            .map(|v| v.envelope.tenant_id)
+            .filter(|t| !snapshot.has_tenant(t))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let found: HashSet<TenantId> = client
+            .query("SELECT id FROM tenants WHERE id = ANY($1)", &[&unknown])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for tenant in &found {
+            self.cache.reload_tenant(&**client, tenant).await?;
+        }
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(valid).into_iter().partition(|v| {
+            snapshot.has_tenant(&v.envelope.tenant_id) || found.contains(&v.envelope.tenant_id)
+        });
+        *valid = keep;
+        invalid.extend(drop.into_iter().map(|v| Invalid {
+            reason: format!("unknown tenant {}", v.envelope.tenant_id),
+            message: v.message,
+        }));
+        Ok(())
+    }
+
+    /// Records idempotency keys, events and deliveries in one transaction. Returns the events
+    /// that are duplicates of an earlier event with the same (tenant, idempotency key).
+    async fn persist(
+        &self,
+        valid: &[Valid<'_>],
+        snapshot: &Snapshot,
+    ) -> Result<HashSet<EventId>, BatchError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+
+        // Idempotency keys of direct producers (the gateway's are already recorded with the
+        // same event id). Within the batch only the first of a key is offered.
+        let mut seen = HashSet::new();
+        let (mut k_tenants, mut k_keys, mut k_events) = (Vec::new(), Vec::new(), Vec::new());
+        for v in valid {
+            if let Some(key) = &v.envelope.idempotency_key
+                && seen.insert((v.envelope.tenant_id, key.clone()))
+            {
+                k_tenants.push(v.envelope.tenant_id);
+                k_keys.push(key.clone());
+                k_events.push(v.envelope.event_id);
+            }
+        }
+        let mut duplicates = HashSet::new();
+        if !k_keys.is_empty() {
+            let window = format!("{} milliseconds", self.idempotency_window.as_millis());
+            tx.execute(
+                "INSERT INTO idempotency_keys (tenant_id, key, event_id, request_hash, state, expires_at)
+                 SELECT t, k, e, 'direct', 'published', now() + $4::text::interval
+                 FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS x(t, k, e)
+                 ON CONFLICT (tenant_id, key) DO UPDATE SET
+                    event_id = EXCLUDED.event_id, request_hash = EXCLUDED.request_hash, state = 'published',
+                    created_at = now(), expires_at = EXCLUDED.expires_at
+                 WHERE idempotency_keys.expires_at <= now()",
+                &[&k_tenants, &k_keys, &k_events, &window],
+            )
+            .await?;
+            let rows = tx
+                .query(
+                    "SELECT i.tenant_id, i.key, i.event_id FROM idempotency_keys i
+                     JOIN UNNEST($1::uuid[], $2::text[]) AS x(t, k) ON i.tenant_id = x.t AND i.key = x.k",
+                    &[&k_tenants, &k_keys],
+                )
+                .await?;
+            let owner: HashMap<(TenantId, String), EventId> = rows
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+            for v in valid {
+                let e = &v.envelope;
+                if let Some(key) = &e.idempotency_key
+                    && owner
+                        .get(&(e.tenant_id, key.clone()))
+                        .is_some_and(|first| *first != e.event_id)
+                {
+                    duplicates.insert(e.event_id);
+                }
+            }
+        }
+
+        let mut ev = EventColumns::default();
+        let mut dl = DeliveryColumns::default();
+        for v in valid
+            .iter()
+            .filter(|v| !duplicates.contains(&v.envelope.event_id))
+        {
+            let e = &v.envelope;
+            ev.push(e);
+            for (endpoint, enabled) in snapshot.targets(&e.tenant_id, &e.event_type) {
+                dl.push(e, endpoint, enabled);
+            }
+        }
+        if !ev.ids.is_empty() {
+            tx.execute(
+                "INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::timestamptz[])
+                 ON CONFLICT (id) DO NOTHING",
+                &[&ev.ids, &ev.tenants, &ev.types, &ev.payloads, &ev.idempotency, &ev.ordering, &ev.created],
+            )
+            .await?;
+        }
+        if !dl.ids.is_empty() {
+            tx.execute(
+                "INSERT INTO deliveries (id, tenant_id, event_id, endpoint_id, event_type, status, skip_reason)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[])
+                 ON CONFLICT (id) DO NOTHING",
+                &[&dl.ids, &dl.tenants, &dl.events, &dl.endpoints, &dl.types, &dl.statuses, &dl.reasons],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(duplicates)
+    }
+}
+
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<EventId>,
+    tenants: Vec<TenantId>,
+    types: Vec<String>,
+    payloads: Vec<serde_json::Value>,
+    idempotency: Vec<Option<String>>,
+    ordering: Vec<Option<String>>,
+    created: Vec<chrono::DateTime<Utc>>,
+}
+
+impl EventColumns {
+    fn push(&mut self, e: &EventEnvelope) {
+        self.ids.push(e.event_id);
+        self.tenants.push(e.tenant_id);
+        self.types.push(e.event_type.to_string());
+        self.payloads
+            .push(serde_json::Value::Object(e.payload.clone()));
+        self.idempotency.push(e.idempotency_key.clone());
+        self.ordering.push(e.ordering_key.clone());
+        self.created.push(e.occurred_at);
+    }
+}
+
+#[derive(Default)]
+struct DeliveryColumns {
+    ids: Vec<DeliveryId>,
+    tenants: Vec<TenantId>,
+    events: Vec<EventId>,
+    endpoints: Vec<EndpointId>,
+    types: Vec<String>,
+    statuses: Vec<&'static str>,
+    reasons: Vec<Option<&'static str>>,
+}
+
+impl DeliveryColumns {
+    fn push(&mut self, e: &EventEnvelope, endpoint: EndpointId, enabled: bool) {
+        self.ids.push(DeliveryId::derive(&e.event_id, &endpoint));
+        self.tenants.push(e.tenant_id);
+        self.events.push(e.event_id);
+        self.endpoints.push(endpoint);
+        self.types.push(e.event_type.to_string());
+        self.statuses
+            .push(if enabled { "pending" } else { "skipped" });
+        self.reasons.push(if enabled {
+            None
+        } else {
+            Some("endpoint disabled")
+        });
+    }
+}
