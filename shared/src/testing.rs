@@ -97,14 +97,7 @@ impl TestEnv {
     /// Drops the schema and deletes the test's topics. Call at the end of each test; the test
     /// script also removes leftovers of crashed runs.
     pub async fn cleanup(&self) -> anyhow::Result<()> {
-        let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
-            .await
-            .context("connect")?;
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .await
-            .context("drop schema")?;
+        self.drop_schema().await?;
         let admin = kafka::admin(&self.config.kafka, "test-cleanup")?;
         let catalog = self.catalog();
         let names: Vec<&str> = catalog.specs().iter().map(|s| s.name.as_str()).collect();
@@ -161,4 +154,21 @@ pub async fn check_ops_endpoints(addr: SocketAddr) -> anyhow::Result<()> {
         "metrics body is not OpenMetrics: {text}"
     );
     Ok(())
+}
+
+/// Reads records until `want` arrived, or until `quiet` passes without a new one.
+pub async fn drain(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    want: usize,
+    quiet: Duration,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        match tokio::time::timeout(quiet, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => return Err(e).context("consume"),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }

@@ -131,15 +131,9 @@ impl World {
 
 /// Reads until `want` records arrived or `quiet` passed without one.
 pub async fn drain(consumer: &StreamConsumer, want: usize, quiet: Duration) -> Vec<OwnedMessage> {
-    let mut out = Vec::new();
-    while out.len() < want {
-        match tokio::time::timeout(quiet, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.detach()),
-            Ok(Err(e)) => panic!("consume: {e}"),
-            Err(_) => break,
-        }
-    }
-    out
+    shared::testing::drain(consumer, want, quiet)
+        .await
+        .expect("consume")
 }
 
 pub fn deliveries(messages: &[OwnedMessage]) -> Vec<DeliveryRecord> {

@@ -17,7 +17,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Query};
 use crate::pagination::{Cursor, Page, cursor_bounds, page_params};
-use crate::routes::{parse_action, parse_id, tenant_exists};
+use crate::routes::{delete_owned, parse_action, parse_id, tenant_exists};
 use crate::state::AppState;
 
 const MAX_HEADERS: usize = 20;
@@ -395,16 +395,7 @@ pub async fn delete(
     Path((tenant, endpoint)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (tenant, id) = ids(&principal, &tenant, &endpoint)?;
-    let client = state.pool.get().await?;
-    let deleted = client
-        .execute(
-            "DELETE FROM endpoints WHERE id = $1 AND tenant_id = $2",
-            &[&id, &tenant],
-        )
-        .await?;
-    if deleted == 0 {
-        return Err(ApiError::NotFound("endpoint"));
-    }
+    delete_owned(&state, "endpoints", &id, &tenant, "endpoint").await?;
     tracing::info!(tenant_id = %tenant, endpoint_id = %id, "endpoint deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -135,3 +135,25 @@ pub async fn tenant_exists(client: &impl GenericClient, tenant: &TenantId) -> Ap
         .map(|_| ())
         .ok_or(ApiError::NotFound("tenant"))
 }
+
+/// Deletes the tenant's row `id` from `table`, or answers 404 as `what`.
+pub async fn delete_owned<I: tokio_postgres::types::ToSql + Sync>(
+    state: &AppState,
+    table: &'static str,
+    id: &I,
+    tenant: &TenantId,
+    what: &'static str,
+) -> ApiResult<()> {
+    let client = state.pool.get().await?;
+    let deleted = client
+        .execute(
+            &format!("DELETE FROM {table} WHERE id = $1 AND tenant_id = $2"),
+            &[id, tenant],
+        )
+        .await?;
+    if deleted == 0 {
+        Err(ApiError::NotFound(what))
+    } else {
+        Ok(())
+    }
+}

@@ -15,7 +15,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Query};
 use crate::pagination::{Cursor, Page, cursor_bounds, page_params};
-use crate::routes::{parse_id, tenant_exists};
+use crate::routes::{delete_owned, parse_id, tenant_exists};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
@@ -175,15 +175,6 @@ pub async fn delete(
     Path((tenant, sub)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (tenant, id) = ids(&principal, &tenant, &sub)?;
-    let client = state.pool.get().await?;
-    let n = client
-        .execute(
-            "DELETE FROM subscriptions WHERE id = $1 AND tenant_id = $2",
-            &[&id, &tenant],
-        )
-        .await?;
-    if n == 0 {
-        return Err(ApiError::NotFound("subscription"));
-    }
+    delete_owned(&state, "subscriptions", &id, &tenant, "subscription").await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -190,17 +190,11 @@ impl App {
     }
 }
 
-/// Reads records until `want` arrived, or until `quiet` passes without a new one.
+/// Reads until `want` records arrived or `quiet` passed without one.
 pub async fn drain(consumer: &StreamConsumer, want: usize, quiet: Duration) -> Vec<OwnedMessage> {
-    let mut out = Vec::new();
-    while out.len() < want {
-        match tokio::time::timeout(quiet, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.detach()),
-            Ok(Err(e)) => panic!("consume: {e}"),
-            Err(_) => break,
-        }
-    }
-    out
+    shared::testing::drain(consumer, want, quiet)
+        .await
+        .expect("consume")
 }
 
 pub fn payload_json(m: &OwnedMessage) -> Value {
