@@ -35,6 +35,9 @@ struct Args {
     payload_bytes: usize,
     #[arg(long, default_value_t = 500)]
     max_batch: usize,
+    /// Consumer loops in the processor (`fanout.workers`).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
     #[arg(long)]
     json: bool,
 }
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     env.config.topics.events_partitions = 6;
     env.config.topics.deliveries_partitions = 12;
     env.config.fanout.max_batch = args.max_batch;
+    env.config.fanout.workers = args.workers;
     env.config.database.pool_size = 8;
     let catalog = env.catalog();
     let pool = shared::db::pool(&env.config.database)?;
@@ -152,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     running.wait().await?;
     let report = json!({
-        "events": args.events, "fanout": args.fanout, "payload_bytes": args.payload_bytes,
+        "events": args.events, "fanout": args.fanout, "payload_bytes": args.payload_bytes, "workers": args.workers,
         "seconds": secs, "events_per_sec": args.events as f64 / secs,
         "deliveries_per_sec": (args.events * args.fanout) as f64 / secs,
     });
@@ -160,8 +164,9 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "fanout {}: {} events in {:.1}s = {:.0} events/s, {:.0} delivery records/s",
+            "fanout {} ({} workers): {} events in {:.1}s = {:.0} events/s, {:.0} delivery records/s",
             args.fanout,
+            args.workers,
             args.events,
             secs,
             args.events as f64 / secs,

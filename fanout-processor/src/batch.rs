@@ -46,6 +46,7 @@ pub enum BatchError {
     Encode(#[from] serde_json::Error),
 }
 
+#[derive(Clone)]
 pub struct Fanout {
     pub pool: Pool,
     pub producer: FutureProducer,

@@ -50,8 +50,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
 
     let group = shared::kafka::group_id(&config.kafka, NAME);
-    let consumer = shared::kafka::consumer(&config.kafka, NAME, &group, consume::CommitOnRevoke)?;
-    consumer.subscribe(&[foundation.catalog.events()])?;
     let fanout = batch::Fanout {
         pool: foundation.pool.clone(),
         producer: foundation.producer.clone(),
@@ -63,12 +61,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             config.kafka.message_timeout_ms,
         )),
     };
-    let settings = consume::BatchSettings {
-        max: config.fanout.max_batch,
-        linger: config.fanout.batch_linger,
-    };
-    let worker = tokio::spawn(consume::run(consumer, fanout, settings, shutdown));
-    Ok(ops.with_tasks(vec![worker, maintain]))
+    let mut tasks = vec![maintain];
+    for n in 0..config.fanout.workers {
+        let client_id = format!("{NAME}-{n}");
+        let consumer =
+            shared::kafka::consumer(&config.kafka, &client_id, &group, consume::CommitOnRevoke)?;
+        consumer.subscribe(&[foundation.catalog.events()])?;
+        let settings = consume::BatchSettings {
+            max: config.fanout.max_batch,
+            linger: config.fanout.batch_linger,
+        };
+        tasks.push(tokio::spawn(consume::run(
+            consumer,
+            fanout.clone(),
+            settings,
+            shutdown.clone(),
+        )));
+    }
+    Ok(ops.with_tasks(tasks))
 }
 
 /// Runs the service until `shutdown` is cancelled.

@@ -119,3 +119,51 @@ async fn sigkill_mid_stream_loses_nothing() -> anyhow::Result<()> {
     drop(process);
     world.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_commits_and_exits_cleanly() -> anyhow::Result<()> {
+    let world = World::new().await?;
+    let tenant = world.tenant().await?;
+    let ep = world.endpoint(&tenant, true).await?;
+    world.subscribe(&tenant, &ep, "*").await?;
+    let reader = world.reader(world.env.catalog().deliveries())?;
+    let mut process = Guard(spawn(&world)?);
+    let envelopes: Vec<_> = (0..200)
+        .map(|_| world.envelope(&tenant, "a.b", None))
+        .collect();
+    for e in &envelopes {
+        world.publish(e).await?;
+    }
+    let first = deliveries(&drain(&reader, 200, Duration::from_secs(10)).await);
+    assert_eq!(first.len(), 200);
+
+    // SIGTERM right after the last delivery: shutdown must store and commit, not rely on the
+    // auto-commit timer.
+    let pid = process.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = process.0.try_wait()? {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+
+    // A restart resumes after the committed offsets: nothing is fanned out again.
+    let _restarted = Guard(spawn(&world)?);
+    let again = drain(&reader, 1, Duration::from_secs(8)).await;
+    assert!(
+        again.is_empty(),
+        "{} records re-emitted after a graceful restart",
+        again.len()
+    );
+    drop(process);
+    world.cleanup().await
+}

@@ -103,12 +103,21 @@ async fn concurrent_duplicates_yield_one_event() -> anyhow::Result<()> {
     let consumer = app.consumer(app.env.catalog().events())?;
     let path = format!("/v1/tenants/{tenant}/events:publish");
     let body = json!({"event_type": "order.created", "payload": {"order": 1}});
+    // A second gateway replica on the same database and broker.
+    let replica_stop = tokio_util::sync::CancellationToken::new();
+    let replica = ingest_gateway::start(app.config().clone(), replica_stop.clone()).await?;
+    let replica_url = format!("http://{}{path}", replica.local_addr);
 
-    // Twenty concurrent requests with one key, half via the header and half via the field.
+    // Twenty concurrent requests with one key, alternating replicas, half via the header and
+    // half via the field.
     let mut tasks = Vec::new();
     for i in 0..20 {
         let http = app.http.clone();
-        let url = app.url(&path);
+        let url = if i % 4 < 2 {
+            app.url(&path)
+        } else {
+            replica_url.clone()
+        };
         let token = token.clone();
         let mut body = body.clone();
         tasks.push(tokio::spawn(async move {
@@ -130,9 +139,15 @@ async fn concurrent_duplicates_yield_one_event() -> anyhow::Result<()> {
         assert_eq!(status, 202, "{body}");
         ids.insert(body["event_id"].as_str().expect("id").to_owned());
     }
-    assert_eq!(ids.len(), 1, "one event id for one key: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        1,
+        "one event id for one key across replicas: {ids:?}"
+    );
     let records = drain(&consumer, 2, QUIET).await;
     assert_eq!(records.len(), 1, "exactly one record produced");
+    replica_stop.cancel();
+    replica.wait().await?;
 
     // The key reused for a different payload is refused; another key is a new event.
     let (status, err) = app

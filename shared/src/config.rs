@@ -278,6 +278,9 @@ pub struct FanoutConfig {
     pub ops_listen: SocketAddr,
     /// Most `events` records handled as one batch (one transaction, one round of produces).
     pub max_batch: usize,
+    /// Consumer loops in this process; each is a member of the group with its own partitions
+    /// and its own database connection, so batches of different partitions proceed at once.
+    pub workers: usize,
     /// How long a batch waits to fill after its first record.
     #[serde(deserialize_with = "duration")]
     pub batch_linger: Duration,
@@ -291,6 +294,7 @@ impl Default for FanoutConfig {
         Self {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             max_batch: 500,
+            workers: 2,
             batch_linger: Duration::from_millis(20),
             cache_reload_interval: Duration::from_secs(60),
         }
@@ -489,6 +493,9 @@ impl Config {
                 "gateway.auth.issuer",
                 "issuer and audience must be set",
             ));
+        }
+        if !(1..=64).contains(&self.fanout.workers) {
+            return Err(invalid("fanout.workers", "must be between 1 and 64"));
         }
         if !(1..=10_000).contains(&self.fanout.max_batch) {
             return Err(invalid("fanout.max_batch", "must be between 1 and 10000"));

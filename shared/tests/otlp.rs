@@ -19,7 +19,11 @@ async fn spans_are_exported_to_the_collector() -> anyhow::Result<()> {
         post(move |headers: HeaderMap, body: Bytes| {
             let sink = sink.clone();
             async move {
-                let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
                 sink.lock().expect("lock").push((content_type, body.len()));
                 ""
             }
@@ -29,7 +33,10 @@ async fn spans_are_exported_to_the_collector() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let config = TelemetryConfig { otlp_endpoint: Some(format!("http://{addr}")), ..TelemetryConfig::default() };
+    let config = TelemetryConfig {
+        otlp_endpoint: Some(format!("http://{addr}")),
+        ..TelemetryConfig::default()
+    };
     let guard = shared::telemetry::init("otlp-test", &config)?;
     {
         let span = tracing::info_span!("exported-span", tenant_id = "ten_x");
