@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     let producer = shared::kafka::producer(&env.config.kafka, "bench")?;
     let payload = json!({"data": "x".repeat(args.payload_bytes)});
     let loaded = Instant::now();
-    let mut pending = Vec::with_capacity(args.events);
+    let mut pending: Vec<rdkafka::producer::DeliveryFuture> = Vec::with_capacity(args.events);
     for _ in 0..args.events {
         let e = EventEnvelope {
             schema_version: SchemaVersion::CURRENT,
@@ -109,6 +109,12 @@ async fn main() -> anyhow::Result<()> {
         };
         let value = serde_json::to_vec(&e)?;
         let key = e.event_id.to_string();
+        // librdkafka's local queue holds 100,000 records: wait for acks in chunks.
+        if pending.len() >= 50_000 {
+            for p in pending.drain(..) {
+                p.await?.map_err(|(e, _)| e)?;
+            }
+        }
         pending.push(
             producer
                 .send_result(FutureRecord::to(catalog.events()).key(&key).payload(&value))
