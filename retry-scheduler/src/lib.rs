@@ -1,11 +1,18 @@
-//! Moves due records from the retry tier topics back to `deliveries`.
+//! Moves due records from the retry tier topics back to `deliveries`, never early and, in
+//! steady state, within a second of their due time. The design is in schedule.rs and
+//! docs/retry.md.
 //!
-//! `run(config, shutdown)` is the whole service; `main.rs` only loads the configuration. Today
-//! the service connects to PostgreSQL (applying migrations), ensures the topics and serves
-//! `/healthz`, `/readyz` and `/metrics` on `scheduler.ops_listen`; its pipeline is built on this in its own
-//! issue (see docs/architecture.md).
+//! `run(config, shutdown)` is the whole service; `main.rs` only loads the configuration.
+
+mod metrics;
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::registry::Registry;
+use rdkafka::consumer::Consumer as _;
 use shared::Config;
 use shared::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
@@ -15,16 +22,46 @@ pub const NAME: &str = "retry-scheduler";
 
 /// Starts the service in the background and returns once it is listening.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServiceError> {
-    let registry = Registry::with_prefix("harborhook");
-    let (_foundation, running) = shared::service::start_ops(
+    let mut registry = Registry::with_prefix("harborhook");
+    let metrics = metrics::Metrics::register(&mut registry);
+    let (foundation, ops) = shared::service::start_ops(
         NAME,
         config.scheduler.ops_listen,
         &config,
         registry,
-        shutdown,
+        shutdown.clone(),
     )
     .await?;
-    Ok(running)
+    let generation = Arc::new(AtomicU64::new(0));
+    let group = shared::kafka::group_id(&config.kafka, NAME);
+    // A resumed partition's head record should arrive at once, not after a long-poll wait.
+    let consumer: rdkafka::consumer::StreamConsumer<schedule::SchedulerContext> =
+        shared::kafka::consumer_config(&config.kafka, NAME, &group)
+            .set("fetch.wait.max.ms", "100")
+            .create_with_context(schedule::SchedulerContext {
+                generation: generation.clone(),
+            })?;
+    let tiers: HashMap<String, String> = foundation
+        .catalog
+        .retry_tiers()
+        .iter()
+        .map(|t| (t.topic.clone(), t.name.clone()))
+        .collect();
+    let topics: Vec<&str> = tiers.keys().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let scheduler = schedule::Scheduler {
+        consumer,
+        producer: foundation.producer.clone(),
+        deliveries_topic: foundation.catalog.deliveries().to_owned(),
+        tiers,
+        metrics,
+        generation,
+        produce_timeout: std::time::Duration::from_millis(u64::from(
+            config.kafka.message_timeout_ms,
+        )),
+    };
+    let worker = tokio::spawn(scheduler.run(shutdown));
+    Ok(ops.with_tasks(vec![worker]))
 }
 
 /// Runs the service until `shutdown` is cancelled.

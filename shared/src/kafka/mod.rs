@@ -76,8 +76,13 @@ pub fn consumer<C: ConsumerContext + 'static>(
     group_id: &str,
     context: C,
 ) -> Result<StreamConsumer<C>, KafkaError> {
-    client_config(config, client_id)
-        .set("group.id", group_id)
+    consumer_config(config, client_id, group_id).create_with_context(context)
+}
+
+/// The settings of [`consumer`], for a service that must change one (and says why).
+pub fn consumer_config(config: &KafkaConfig, client_id: &str, group_id: &str) -> ClientConfig {
+    let mut c = client_config(config, client_id);
+    c.set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -87,8 +92,8 @@ pub fn consumer<C: ConsumerContext + 'static>(
             "partition.assignment.strategy",
             &config.partition_assignment_strategy,
         )
-        .set("session.timeout.ms", config.session_timeout_ms.to_string())
-        .create_with_context(context)
+        .set("session.timeout.ms", config.session_timeout_ms.to_string());
+    c
 }
 
 pub fn admin(

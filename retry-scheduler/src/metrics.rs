@@ -1,0 +1,60 @@
+//! The retry-scheduler's metrics (prefixed `harborhook_` by the registry):
+//! `retry_reenqueued_total{tier}`, `retry_lateness_seconds{tier}` (re-enqueue time minus due
+//! time), `retry_paused_partitions`, `retry_malformed_total{tier}`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Tier {
+    pub tier: String,
+}
+
+fn lateness() -> Histogram {
+    // 1 ms … ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub reenqueued: Family<Tier, Counter>,
+    pub lateness: Family<Tier, Histogram, fn() -> Histogram>,
+    pub paused: Gauge,
+    pub malformed: Family<Tier, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            reenqueued: Family::default(),
+            lateness: Family::new_with_constructor(lateness),
+            paused: Gauge::default(),
+            malformed: Family::default(),
+        };
+        registry.register(
+            "retry_reenqueued",
+            "Retry records re-enqueued to deliveries, by tier",
+            m.reenqueued.clone(),
+        );
+        registry.register(
+            "retry_lateness_seconds",
+            "Re-enqueue time minus due time, by tier",
+            m.lateness.clone(),
+        );
+        registry.register(
+            "retry_paused_partitions",
+            "Tier partitions paused until their head record is due",
+            m.paused.clone(),
+        );
+        registry.register(
+            "retry_malformed",
+            "Malformed retry records skipped, by tier",
+            m.malformed.clone(),
+        );
+        m
+    }
+}
