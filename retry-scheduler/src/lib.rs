@@ -38,6 +38,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let consumer: rdkafka::consumer::StreamConsumer<schedule::SchedulerContext> =
         shared::kafka::consumer_config(&config.kafka, NAME, &group)
             .set("fetch.wait.max.ms", "100")
+            // Only each partition's head matters; a small prefetch keeps memory flat however
+            // many retries are pending (docs/performance.md).
+            .set("queued.min.messages", "1000")
+            .set("queued.max.messages.kbytes", "4096")
             .create_with_context(schedule::SchedulerContext {
                 generation: generation.clone(),
             })?;

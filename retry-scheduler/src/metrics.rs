@@ -1,6 +1,7 @@
 //! The retry-scheduler's metrics (prefixed `harborhook_` by the registry):
 //! `retry_reenqueued_total{tier}`, `retry_lateness_seconds{tier}` (re-enqueue time minus due
-//! time), `retry_paused_partitions`, `retry_malformed_total{tier}`.
+//! time), `retry_paused_partitions`, `retry_malformed_total{tier}`, `retry_lag{tier}` (records
+//! waiting in the tier partitions this instance owns: pending retries, due or not).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +26,7 @@ pub struct Metrics {
     pub lateness: Family<Tier, Histogram, fn() -> Histogram>,
     pub paused: Gauge,
     pub malformed: Family<Tier, Counter>,
+    pub lag: Family<Tier, Gauge>,
 }
 
 impl Metrics {
@@ -34,6 +36,7 @@ impl Metrics {
             lateness: Family::new_with_constructor(lateness),
             paused: Gauge::default(),
             malformed: Family::default(),
+            lag: Family::default(),
         };
         registry.register(
             "retry_reenqueued",
@@ -54,6 +57,11 @@ impl Metrics {
             "retry_malformed",
             "Malformed retry records skipped, by tier",
             m.malformed.clone(),
+        );
+        registry.register(
+            "retry_lag",
+            "Records waiting in this instance's tier partitions, by tier",
+            m.lag.clone(),
         );
         m
     }

@@ -76,6 +76,8 @@ fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(consumer: &C) {
     }
 }
 
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A request from a timer to resume a partition.
 struct Resume {
     topic: String,
@@ -104,6 +106,7 @@ impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
         let (resume_tx, mut resume_rx) = mpsc::channel::<Resume>(1024);
         let mut paused: HashMap<(String, i32), u64> = HashMap::new();
+        let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         loop {
             let generation = self.generation.load(Ordering::SeqCst);
             // Pauses of an earlier generation were forgotten by a rebalance.
@@ -113,6 +116,7 @@ impl Scheduler {
                 .set(i64::try_from(paused.len()).unwrap_or(i64::MAX));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = lag_tick.tick() => self.update_lag(),
                 Some(r) = resume_rx.recv() => {
                     tracing::debug!(topic = %r.topic, partition = r.partition, generation = r.generation, "timer fired");
                     if r.generation == self.generation.load(Ordering::SeqCst)
@@ -209,6 +213,48 @@ impl Scheduler {
         self.metrics.reenqueued.get_or_create(&Tier { tier }).inc();
         self.store(m);
         None
+    }
+
+    /// Sets `retry_lag{tier}`: per owned partition, the high watermark minus the next offset
+    /// to read (or minus the low watermark before the first fetch).
+    fn update_lag(&self) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let positions = self.consumer.position().unwrap_or_default();
+        let mut by_tier: HashMap<&str, i64> = HashMap::new();
+        for tier in self.tiers.values() {
+            by_tier.insert(tier, 0);
+        }
+        for e in assignment.elements() {
+            let Ok((low, high)) = shared::blocking(|| {
+                self.consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+            }) else {
+                continue;
+            };
+            let next = positions
+                .find_partition(e.topic(), e.partition())
+                .and_then(|p| {
+                    if let Offset::Offset(o) = p.offset() {
+                        Some(o)
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or(low);
+            if let Some(tier) = self.tiers.get(e.topic()) {
+                *by_tier.entry(tier).or_insert(0) += (high - next).max(0);
+            }
+        }
+        for (tier, lag) in by_tier {
+            self.metrics
+                .lag
+                .get_or_create(&Tier {
+                    tier: tier.to_owned(),
+                })
+                .set(lag);
+        }
     }
 
     fn store(&self, m: &BorrowedMessage<'_>) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, DefaultConsumerContext, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use secrecy::ExposeSecret as _;
 use serde_json::json;
@@ -93,19 +93,7 @@ impl Setup {
     }
 
     fn reader(&self) -> anyhow::Result<StreamConsumer> {
-        let group = format!(
-            "{}reader-{}",
-            self.env.config.kafka.topic_prefix,
-            uuid::Uuid::now_v7().simple()
-        );
-        let consumer = shared::kafka::consumer(
-            &self.env.config.kafka,
-            "test",
-            &group,
-            DefaultConsumerContext,
-        )?;
-        consumer.subscribe(&[self.env.catalog().deliveries()])?;
-        Ok(consumer)
+        self.env.reader(self.env.catalog().deliveries())
     }
 }
 
@@ -256,6 +244,26 @@ async fn poison_records_are_skipped_without_stalling() -> anyhow::Result<()> {
         .await?;
     assert!(
         metrics.contains("harborhook_retry_malformed_total{tier=\"1s\"} 3"),
+        "{metrics}"
+    );
+    // A record far from due keeps its tier's lag above zero (refreshed every 5 s).
+    s.retry(
+        "3s",
+        &EndpointId::new(),
+        Utc::now() + chrono::Duration::hours(1),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", running.local_addr))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("harborhook_retry_lag{tier=\"3s\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("harborhook_retry_lag{tier=\"1s\"} 0"),
         "{metrics}"
     );
     shutdown.cancel();

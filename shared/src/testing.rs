@@ -63,6 +63,24 @@ impl TestEnv {
         TopicCatalog::new(&self.config)
     }
 
+    /// A consumer of `topic` from the beginning, in a consumer group of its own.
+    pub fn reader(&self, topic: &str) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
+        use rdkafka::consumer::Consumer as _;
+        let group = format!(
+            "{}reader-{}",
+            self.config.kafka.topic_prefix,
+            uuid::Uuid::now_v7().simple()
+        );
+        let consumer = kafka::consumer(
+            &self.config.kafka,
+            "test",
+            &group,
+            rdkafka::consumer::DefaultConsumerContext,
+        )?;
+        consumer.subscribe(&[topic])?;
+        Ok(consumer)
+    }
+
     /// A direct connection to the test's schema (for assertions on rows).
     pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
         let url = format!(

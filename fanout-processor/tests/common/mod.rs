@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, DefaultConsumerContext, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -109,19 +109,7 @@ impl World {
     }
 
     pub fn reader(&self, topic: &str) -> anyhow::Result<StreamConsumer> {
-        let group = format!(
-            "{}reader-{}",
-            self.env.config.kafka.topic_prefix,
-            uuid::Uuid::now_v7().simple()
-        );
-        let consumer = shared::kafka::consumer(
-            &self.env.config.kafka,
-            "test",
-            &group,
-            DefaultConsumerContext,
-        )?;
-        consumer.subscribe(&[topic])?;
-        Ok(consumer)
+        self.env.reader(topic)
     }
 
     pub async fn cleanup(self) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, DefaultConsumerContext, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
@@ -164,19 +164,7 @@ impl App {
 
     /// A consumer of `topic` from the beginning, in a group of its own.
     pub fn consumer(&self, topic: &str) -> anyhow::Result<StreamConsumer> {
-        let group = format!(
-            "{}test-{}",
-            self.env.config.kafka.topic_prefix,
-            uuid::Uuid::now_v7().simple()
-        );
-        let consumer = shared::kafka::consumer(
-            &self.env.config.kafka,
-            "test",
-            &group,
-            DefaultConsumerContext,
-        )?;
-        consumer.subscribe(&[topic])?;
-        Ok(consumer)
+        self.env.reader(topic)
     }
 
     /// Stops the gateway and removes the schema, topics and keys.
