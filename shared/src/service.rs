@@ -24,6 +24,13 @@ use crate::ops::Readiness;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The build's version: `HARBORHOOK_BUILD_VERSION` at compile time (the image build sets it
+/// from git), else the crate version.
+pub const VERSION: &str = match option_env!("HARBORHOOK_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
@@ -176,7 +183,7 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+        tracing::info!(service, version = VERSION, "starting");
         match run(config, crate::shutdown::on_signals()).await {
             Ok(()) => {
                 tracing::info!(service, "stopped");
