@@ -16,8 +16,8 @@ use tokio_postgres::Row;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Query};
-use crate::pagination::{Cursor, Page, cursor_bounds, page_params};
-use crate::routes::{delete_owned, parse_action, parse_id, tenant_exists};
+use crate::pagination::{Cursor, Page};
+use crate::routes::{TenantList, delete_owned, parse_action, parse_id, tenant_exists, tenant_list};
 use crate::state::AppState;
 
 const MAX_HEADERS: usize = 20;
@@ -274,12 +274,20 @@ pub async fn list(
     Path(tenant): Path<String>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<Page<EndpointView>>> {
-    let tenant: TenantId = parse_id(&tenant, "tenant")?;
-    principal.require_tenant(&tenant)?;
-    let (limit, cursor) = page_params(params.limit, params.cursor.as_deref())?;
-    let (before_time, before_id) = cursor_bounds(cursor);
-    let client = state.pool.get().await?;
-    tenant_exists(&**client, &tenant).await?;
+    let TenantList {
+        tenant,
+        limit,
+        before_time,
+        before_id,
+        client,
+    } = tenant_list(
+        &state,
+        &principal,
+        &tenant,
+        params.limit,
+        params.cursor.as_deref(),
+    )
+    .await?;
     let rows = client
         .query(
             &format!(

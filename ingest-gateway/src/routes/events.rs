@@ -15,10 +15,10 @@ use tokio_postgres::Row;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Query};
-use crate::pagination::{Cursor, Page, cursor_bounds, page_params};
+use crate::pagination::{Cursor, Page};
 use crate::publish::{PublishRequest, publish as publish_one};
 use crate::routes::deliveries::{DeliveryView, delivery_rows};
-use crate::routes::{parse_id, tenant_exists};
+use crate::routes::{TenantList, parse_id, tenant_exists, tenant_list};
 use crate::state::AppState;
 
 pub const BATCH_MAX: usize = 500;
@@ -174,12 +174,20 @@ pub async fn list(
     Path(tenant): Path<String>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<Page<EventView>>> {
-    let tenant: TenantId = parse_id(&tenant, "tenant")?;
-    principal.require_tenant(&tenant)?;
-    let (limit, cursor) = page_params(params.limit, params.cursor.as_deref())?;
-    let (before_time, before_id) = cursor_bounds(cursor);
-    let client = state.pool.get().await?;
-    tenant_exists(&**client, &tenant).await?;
+    let TenantList {
+        tenant,
+        limit,
+        before_time,
+        before_id,
+        client,
+    } = tenant_list(
+        &state,
+        &principal,
+        &tenant,
+        params.limit,
+        params.cursor.as_deref(),
+    )
+    .await?;
     let rows = client
         .query(
             &format!(

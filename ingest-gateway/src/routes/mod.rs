@@ -118,6 +118,38 @@ pub fn api() -> Router<AppState> {
         .route("/v1/dlq", get(deliveries::dlq))
 }
 
+/// The common start of a tenant-scoped list: the caller may see the tenant, the tenant exists,
+/// the page bounds are valid; with the connection to query on.
+pub struct TenantList {
+    pub tenant: TenantId,
+    pub limit: i64,
+    pub before_time: chrono::DateTime<chrono::Utc>,
+    pub before_id: uuid::Uuid,
+    pub client: deadpool_postgres::Object,
+}
+
+pub async fn tenant_list(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    tenant: &str,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> ApiResult<TenantList> {
+    let tenant: TenantId = parse_id(tenant, "tenant")?;
+    principal.require_tenant(&tenant)?;
+    let (limit, cursor) = crate::pagination::page_params(limit, cursor)?;
+    let (before_time, before_id) = crate::pagination::cursor_bounds(cursor);
+    let client = state.pool.get().await?;
+    tenant_exists(&**client, &tenant).await?;
+    Ok(TenantList {
+        tenant,
+        limit,
+        before_time,
+        before_id,
+        client,
+    })
+}
+
 /// Parses a path id; a malformed id names nothing that exists, so it is a 404.
 pub fn parse_id<T: FromStr>(text: &str, what: &'static str) -> ApiResult<T> {
     text.parse().map_err(|_| ApiError::NotFound(what))

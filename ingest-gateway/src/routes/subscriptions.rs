@@ -14,8 +14,8 @@ use tokio_postgres::error::SqlState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, Query};
-use crate::pagination::{Cursor, Page, cursor_bounds, page_params};
-use crate::routes::{delete_owned, parse_id, tenant_exists};
+use crate::pagination::{Cursor, Page};
+use crate::routes::{TenantList, delete_owned, parse_id, tenant_exists, tenant_list};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
@@ -114,18 +114,26 @@ pub async fn list(
     Path(tenant): Path<String>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<Page<SubscriptionView>>> {
-    let tenant: TenantId = parse_id(&tenant, "tenant")?;
-    principal.require_tenant(&tenant)?;
-    let (limit, cursor) = page_params(params.limit, params.cursor.as_deref())?;
+    let TenantList {
+        tenant,
+        limit,
+        before_time,
+        before_id,
+        client,
+    } = tenant_list(
+        &state,
+        &principal,
+        &tenant,
+        params.limit,
+        params.cursor.as_deref(),
+    )
+    .await?;
     let endpoint: Option<EndpointId> = params
         .endpoint_id
         .as_deref()
         .map(str::parse)
         .transpose()
         .map_err(|e| ApiError::invalid("endpoint_id", e))?;
-    let (before_time, before_id) = cursor_bounds(cursor);
-    let client = state.pool.get().await?;
-    tenant_exists(&**client, &tenant).await?;
     let rows = client
         .query(
             &format!(
