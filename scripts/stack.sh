@@ -148,6 +148,9 @@ export DATABASE_URL='$db_url'
 export KAFKA_BOOTSTRAP='$KAFKA_BOOTSTRAP'
 export HARBORHOOK_DATABASE__URL='$db_url'
 export HARBORHOOK_KAFKA__BOOTSTRAP='$KAFKA_BOOTSTRAP'
+# Local receivers listen on loopback, which the SSRF guard refuses unless allow-listed. This is
+# for the local stack only; production leaves delivery.ssrf_allow empty (docs/delivery.md).
+export HARBORHOOK_DELIVERY__SSRF_ALLOW='127.0.0.0/8'
 ENV
   # shellcheck disable=SC1091
   . "$STATE/env"

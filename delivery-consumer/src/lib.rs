@@ -1,30 +1,162 @@
-//! Sends signed webhook POSTs and routes outcomes to retry tiers or the DLQ.
+//! Sends signed webhook POSTs and routes outcomes to retry tiers or the DLQ, without letting a
+//! bad endpoint slow anyone else. The design is in docs/delivery.md; the parts: the dispatcher
+//! and its lanes (dispatch.rs, lanes.rs), the offset watermark (offsets.rs), one record's work
+//! (job.rs), signing (sign.rs), the HTTP client and SSRF guard (http.rs, ssrf.rs), the endpoint
+//! cache (endpoints.rs) and the attempt writer (attempts.rs).
 //!
-//! `run(config, shutdown)` is the whole service; `main.rs` only loads the configuration. Today
-//! the service connects to PostgreSQL (applying migrations), ensures the topics and serves
-//! `/healthz`, `/readyz` and `/metrics` on `delivery.ops_listen`; its pipeline is built on this in its own
-//! issue (see docs/architecture.md).
+//! `run(config, shutdown)` is the whole service; `main.rs` only loads the configuration.
+
+mod attempts;
+mod dispatch;
+mod endpoints;
+mod http;
+mod job;
+mod lanes;
+mod metrics;
+mod offsets;
+mod sign;
+mod ssrf;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use rdkafka::consumer::Consumer as _;
 use shared::Config;
 use shared::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
+pub use sign::{legacy_signature, standard_signature};
+
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
 pub const NAME: &str = "delivery-consumer";
 
-/// Starts the service in the background and returns once it is listening.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Starts the service in the background and returns once it is listening and its endpoint
+/// cache is loaded.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServiceError> {
-    let registry = Registry::with_prefix("harborhook");
-    let (_foundation, running) = shared::service::start_ops(
+    let mut registry = Registry::with_prefix("harborhook");
+    let metrics = metrics::Metrics::register(&mut registry);
+    let (foundation, ops) = shared::service::start_ops(
         NAME,
         config.delivery.ops_listen,
         &config,
         registry,
-        shutdown,
+        shutdown.clone(),
     )
     .await?;
-    Ok(running)
+    let d = &config.delivery;
+    let http = http::Http::new(d).map_err(|e| ServiceError::Start {
+        what: "building the HTTP client",
+        source: Box::new(e),
+    })?;
+
+    let endpoints = endpoints::EndpointCache::default();
+    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
+    let maintain = tokio::spawn(shared::config_watch::maintain(
+        endpoints.clone(),
+        foundation.pool.clone(),
+        config.clone(),
+        d.cache_reload_interval,
+        ready_tx,
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = ready_rx.wait_for(|ready| *ready) => {}
+    }
+
+    let (writer, writer_task) =
+        attempts::Writer::spawn(foundation.pool.clone(), d.attempt_batch, d.attempt_linger);
+    let tiers = foundation.catalog.retry_tiers().to_vec();
+    let max_pause = tiers.last().map_or(Duration::from_secs(3600), |t| t.delay);
+    let total: Duration = config.retry.schedule.iter().sum();
+    let abandon = CancellationToken::new();
+    let deps = Arc::new(job::Deps {
+        pool: foundation.pool.clone(),
+        endpoints,
+        http,
+        writer,
+        producer: foundation.producer.clone(),
+        tiers,
+        schedule: config.retry.schedule.clone(),
+        jitter_max: config.retry.jitter_max,
+        dlq_topic: foundation.catalog.dlq().to_owned(),
+        deliveries_topic: foundation.catalog.deliveries().to_owned(),
+        produce_timeout: Duration::from_millis(u64::from(config.kafka.message_timeout_ms)),
+        metrics: metrics.clone(),
+        shutdown: abandon.clone(),
+        horizon: chrono::Duration::from_std(total * 2).unwrap_or(chrono::Duration::days(3)),
+    });
+
+    let epoch = Arc::new(AtomicU64::new(0));
+    let group = shared::kafka::group_id(&config.kafka, NAME);
+    let consumer: rdkafka::consumer::StreamConsumer<dispatch::DeliveryContext> =
+        shared::kafka::consumer_config(&config.kafka, NAME, &group)
+            // Reading pauses at max_pending; librdkafka's own prefetch is bounded too.
+            .set("queued.max.messages.kbytes", "16384")
+            // A crash repeats what finished since the last commit, and here a repeat is an
+            // HTTP request a receiver sees: commit the stored watermark more often.
+            .set("auto.commit.interval.ms", "250")
+            .create_with_context(dispatch::DeliveryContext {
+                epoch: epoch.clone(),
+            })?;
+    consumer.subscribe(&[foundation.catalog.deliveries()])?;
+    let consumer = Arc::new(consumer);
+
+    let lag = tokio::spawn(report_lag(consumer.clone(), metrics, shutdown.clone()));
+    let dispatcher = dispatch::Dispatcher {
+        consumer,
+        topic: foundation.catalog.deliveries().to_owned(),
+        deps,
+        epoch,
+        settings: dispatch::Settings {
+            max_pending: d.max_pending,
+            max_in_flight: d.max_in_flight,
+            endpoint_queue: d.endpoint_queue,
+            drain_timeout: d.drain_timeout,
+            max_pause,
+            breaker: lanes::Breaker {
+                threshold: d.circuit_failure_threshold,
+                cooldown: d.circuit_cooldown,
+                max_cooldown: d.circuit_max_cooldown,
+            },
+        },
+        abandon,
+    };
+    let worker = tokio::spawn(async move {
+        dispatcher.run(shutdown).await;
+        // The writer ends when the last task holding it is done; give it a moment to flush.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    });
+    Ok(ops.with_tasks(vec![maintain, lag, worker]))
+}
+
+async fn report_lag(
+    consumer: Arc<rdkafka::consumer::StreamConsumer<dispatch::DeliveryContext>>,
+    metrics: metrics::Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let c = consumer.clone();
+        let Ok(lags) = tokio::task::spawn_blocking(move || shared::kafka::partition_lag(&*c)).await
+        else {
+            continue;
+        };
+        for (_, partition, lag) in lags {
+            metrics
+                .lag
+                .get_or_create(&metrics::Partition { partition })
+                .set(lag);
+        }
+    }
 }
 
 /// Runs the service until `shutdown` is cancelled.

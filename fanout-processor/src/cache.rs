@@ -1,29 +1,17 @@
 //! The subscription cache: which endpoints each tenant's event types go to, held in memory so
 //! fan-out makes no PostgreSQL query per event.
 //!
-//! **Freshness.** Triggers on `tenants`, `endpoints` and `subscriptions` (migration 0002)
-//! `NOTIFY harborhook_config.<schema>` with the tenant id on every change, whoever makes it.
-//! A listener task holds its own connection with `LISTEN` and reloads that tenant's routes on
-//! each notification, so a change through the API reaches fan-out in milliseconds. A
-//! notification can be lost when the listening connection drops; so after every (re)connect
-//! the whole cache is reloaded before notifications are trusted again, and a full reload also
-//! runs every `fanout.cache_reload_interval` as a backstop.
+//! **Freshness.** `shared::config_watch` reloads a tenant's routes on each change notification
+//! and everything after a reconnect and every `fanout.cache_reload_interval`.
 //!
 //! Snapshots are immutable and swapped whole (`Arc`), so a batch sees one consistent view.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use deadpool_postgres::Pool;
-use futures::StreamExt as _;
-use secrecy::ExposeSecret as _;
-use shared::Config;
 use shared::domain::{EventType, EventTypePattern};
 use shared::ids::{EndpointId, TenantId};
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, GenericClient, NoTls};
-use tokio_util::sync::CancellationToken;
+use tokio_postgres::GenericClient;
 
 /// One subscription of an endpoint, with the endpoint's state.
 #[derive(Debug, Clone)]
@@ -59,16 +47,6 @@ impl Snapshot {
 #[derive(Clone, Default)]
 pub struct Cache {
     current: Arc<RwLock<Arc<Snapshot>>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("loading subscriptions")]
-    Query(#[from] tokio_postgres::Error),
-    #[error("loading subscriptions")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("the LISTEN connection closed")]
-    ListenerClosed,
 }
 
 const ROUTES_SQL: &str = "SELECT s.tenant_id, s.event_type_pattern, s.endpoint_id, e.enabled
@@ -158,90 +136,21 @@ impl Cache {
     }
 }
 
-/// The notification channel of this installation's schema.
-pub fn channel(config: &Config) -> String {
-    format!(
-        "harborhook_config.{}",
-        config.database.schema.as_deref().unwrap_or("public")
-    )
-}
-
-/// Keeps `cache` fresh until `shutdown` (see the module docs). Signals `ready` after the first
-/// full load.
-pub async fn maintain(
-    cache: Cache,
-    pool: Pool,
-    config: Config,
-    ready: tokio::sync::watch::Sender<bool>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        match listen_once(&cache, &pool, &config, &ready, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %shared::error_chain(&e), "subscription listener lost; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+impl shared::config_watch::Reload for Cache {
+    async fn reload_all(
+        &self,
+        client: &deadpool_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        let client: &tokio_postgres::Client = client;
+        Cache::reload_all(self, client).await
     }
-}
 
-async fn listen_once(
-    cache: &Cache,
-    pool: &Pool,
-    config: &Config,
-    ready: &tokio::sync::watch::Sender<bool>,
-    shutdown: &CancellationToken,
-) -> Result<(), CacheError> {
-    let (client, mut connection) =
-        tokio_postgres::connect(config.database.url.expose_secret(), NoTls).await?;
-    // Notifications arrive through the connection object; forward them, bounded.
-    let (tx, mut notifications) = mpsc::channel::<String>(1024);
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    // A full channel means a burst of changes: dropping is safe only because
-                    // the overflow is followed by a full reload (below).
-                    if tx.try_send(n.payload().to_owned()).is_err() {
-                        let _ = tx.try_send(String::new());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "listener connection error");
-                    break;
-                }
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN \"{}\"", channel(config)))
-        .await?;
-    // Only after LISTEN is active: changes from now on are notified, earlier ones are loaded.
-    cache.reload_all(&**pool.get().await?).await?;
-    let _ = ready.send(true);
-    let mut full = tokio::time::interval(config.fanout.cache_reload_interval);
-    full.tick().await;
-    let result = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = full.tick() => cache.reload_all(&**pool.get().await?).await?,
-            payload = notifications.recv() => match payload {
-                None => break Err(CacheError::ListenerClosed),
-                Some(p) => match p.parse::<TenantId>() {
-                    Ok(tenant) => cache.reload_tenant(&**pool.get().await?, &tenant).await?,
-                    Err(_) => cache.reload_all(&**pool.get().await?).await?,
-                },
-            },
-        }
-    };
-    driver.abort();
-    result
+    async fn reload_tenant(
+        &self,
+        client: &deadpool_postgres::Client,
+        tenant: &TenantId,
+    ) -> Result<(), tokio_postgres::Error> {
+        let client: &tokio_postgres::Client = client;
+        Cache::reload_tenant(self, client, tenant).await
+    }
 }

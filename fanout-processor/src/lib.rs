@@ -36,10 +36,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let cache = cache::Cache::default();
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
-    let maintain = tokio::spawn(cache::maintain(
+    let maintain = tokio::spawn(shared::config_watch::maintain(
         cache.clone(),
         foundation.pool.clone(),
         config.clone(),
+        config.fanout.cache_reload_interval,
         ready_tx,
         shutdown.clone(),
     ));

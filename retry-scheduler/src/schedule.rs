@@ -218,33 +218,13 @@ impl Scheduler {
     /// Sets `retry_lag{tier}`: per owned partition, the high watermark minus the next offset
     /// to read (or minus the low watermark before the first fetch).
     fn update_lag(&self) {
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let positions = self.consumer.position().unwrap_or_default();
         let mut by_tier: HashMap<&str, i64> = HashMap::new();
         for tier in self.tiers.values() {
             by_tier.insert(tier, 0);
         }
-        for e in assignment.elements() {
-            let Ok((low, high)) = shared::blocking(|| {
-                self.consumer
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
-            }) else {
-                continue;
-            };
-            let next = positions
-                .find_partition(e.topic(), e.partition())
-                .and_then(|p| {
-                    if let Offset::Offset(o) = p.offset() {
-                        Some(o)
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or(low);
-            if let Some(tier) = self.tiers.get(e.topic()) {
-                *by_tier.entry(tier).or_insert(0) += (high - next).max(0);
+        for (topic, _, lag) in shared::kafka::partition_lag(&self.consumer) {
+            if let Some(tier) = self.tiers.get(&topic) {
+                *by_tier.entry(tier).or_insert(0) += lag;
             }
         }
         for (tier, lag) in by_tier {

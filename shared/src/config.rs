@@ -49,7 +49,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub gateway: GatewayConfig,
     pub fanout: FanoutConfig,
-    pub delivery: OpsConfig,
+    pub delivery: DeliveryConfig,
     pub scheduler: OpsConfig,
 }
 
@@ -164,6 +164,11 @@ pub struct RetryConfig {
     /// the delivery is dead-lettered.
     #[serde(deserialize_with = "durations")]
     pub schedule: Vec<Duration>,
+    /// The most random delay added to a retry's due time, to spread a burst of failures; the
+    /// jitter actually used is also at most a tenth of the tier's delay. Bounded, so a record
+    /// can wait behind a later-jittered head of its tier partition by at most this much.
+    #[serde(deserialize_with = "duration")]
+    pub jitter_max: Duration,
 }
 
 impl Default for RetryConfig {
@@ -178,6 +183,7 @@ impl Default for RetryConfig {
                 minutes(300),
                 minutes(600),
             ],
+            jitter_max: Duration::from_millis(500),
         }
     }
 }
@@ -301,6 +307,63 @@ impl Default for FanoutConfig {
     }
 }
 
+/// The delivery-consumer (docs/delivery.md explains each knob).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub ops_listen: SocketAddr,
+    /// Records read from `deliveries` whose outcome is not yet durable; reading pauses at this.
+    pub max_pending: usize,
+    /// HTTP requests in flight across all endpoints.
+    pub max_in_flight: usize,
+    /// Records waiting for a saturated endpoint; beyond this they are deferred to the first
+    /// retry tier without counting an attempt.
+    pub endpoint_queue: usize,
+    /// Consecutive failed attempts that open an endpoint's circuit.
+    pub circuit_failure_threshold: u32,
+    #[serde(deserialize_with = "duration")]
+    pub circuit_cooldown: Duration,
+    /// The cool-down doubles after each failed probe, up to this.
+    #[serde(deserialize_with = "duration")]
+    pub circuit_max_cooldown: Duration,
+    /// CIDRs that outbound requests may reach even though they are private, loopback, etc.
+    #[serde(deserialize_with = "strings")]
+    pub ssrf_allow: Vec<String>,
+    pub user_agent: String,
+    /// The most of a response body read before the connection is dropped.
+    pub max_response_bytes: usize,
+    /// Attempt rows written to PostgreSQL per statement, and how long a batch waits to fill.
+    pub attempt_batch: usize,
+    #[serde(deserialize_with = "duration")]
+    pub attempt_linger: Duration,
+    /// How long shutdown waits for requests in flight before handing them back.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub cache_reload_interval: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
+            max_pending: 10_000,
+            max_in_flight: 1_000,
+            endpoint_queue: 1_000,
+            circuit_failure_threshold: 10,
+            circuit_cooldown: Duration::from_secs(30),
+            circuit_max_cooldown: Duration::from_secs(600),
+            ssrf_allow: Vec::new(),
+            user_agent: "Harborhook-Webhooks/1".into(),
+            max_response_bytes: 64 * 1024,
+            attempt_batch: 500,
+            attempt_linger: Duration::from_millis(5),
+            drain_timeout: Duration::from_secs(20),
+            cache_reload_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A worker service's operations listener (`/healthz`, `/readyz`, `/metrics`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -326,7 +389,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             gateway: GatewayConfig::default(),
             fanout: FanoutConfig::default(),
-            delivery: OpsConfig::on_port(9102),
+            delivery: DeliveryConfig::default(),
             scheduler: OpsConfig::on_port(9103),
         }
     }
@@ -516,6 +579,43 @@ impl Config {
         if schedule.windows(2).any(|w| w[0] > w[1]) {
             return Err(invalid("retry.schedule", "delays must not decrease"));
         }
+        let d = &self.delivery;
+        for (key, n, max) in [
+            ("delivery.max_pending", d.max_pending, 1_000_000),
+            ("delivery.max_in_flight", d.max_in_flight, 100_000),
+            ("delivery.endpoint_queue", d.endpoint_queue, 1_000_000),
+            ("delivery.attempt_batch", d.attempt_batch, 10_000),
+        ] {
+            if !(1..=max).contains(&n) {
+                return Err(invalid(key, format!("must be between 1 and {max}")));
+            }
+        }
+        if d.circuit_failure_threshold == 0 {
+            return Err(invalid(
+                "delivery.circuit_failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        if d.circuit_cooldown.is_zero() || d.circuit_max_cooldown < d.circuit_cooldown {
+            return Err(invalid(
+                "delivery.circuit_cooldown",
+                "must be above zero and at most delivery.circuit_max_cooldown",
+            ));
+        }
+        if d.max_response_bytes < crate::records::RESPONSE_EXCERPT_MAX {
+            return Err(invalid(
+                "delivery.max_response_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for cidr in &d.ssrf_allow {
+            if cidr.parse::<ipnet::IpNet>().is_err() {
+                return Err(invalid(
+                    "delivery.ssrf_allow",
+                    format!("`{cidr}` is not a CIDR such as 127.0.0.0/8 or fd00::/8"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -535,6 +635,25 @@ fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(serde::de::Error::custom)
+}
+
+/// A list of strings, as a TOML/figment array or a comma-separated string (one environment
+/// variable: `HARBORHOOK_DELIVERY__SSRF_ALLOW=127.0.0.0/8,::1/128`).
+fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(items) => items,
+        Raw::Text(text) => text
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    })
 }
 
 /// A list of durations, as a TOML/figment array or a comma-separated string (`"5s,5m,30m"`),

@@ -353,6 +353,23 @@ pub enum ErrorClass {
     CircuitOpen,
 }
 
+impl ErrorClass {
+    /// The stored and serialised name, also used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Forbidden => "forbidden",
+            Self::Http5xx => "http5xx",
+            Self::Http4xx => "http4xx",
+            Self::RateLimited => "rate_limited",
+            Self::Gone => "gone",
+            Self::Redirect => "redirect",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
 /// One HTTP attempt of a delivery.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {

@@ -2,6 +2,7 @@
 //! PostgreSQL clients, telemetry, the ops endpoints and graceful shutdown.
 
 pub mod config;
+pub mod config_watch;
 pub mod db;
 pub mod domain;
 pub mod ids;

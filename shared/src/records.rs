@@ -148,6 +148,17 @@ pub enum DeadLetterReason {
     EndpointUnavailable,
 }
 
+impl DeadLetterReason {
+    /// The serialised name, also used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exhausted => "exhausted",
+            Self::Gone => "gone",
+            Self::EndpointUnavailable => "endpoint_unavailable",
+        }
+    }
+}
+
 /// Where a record was read from: enough to find it again with `kcat -o`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourcePosition {

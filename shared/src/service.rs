@@ -48,6 +48,13 @@ pub enum ServiceError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// A service's own start-up step failed (what, and why).
+    #[error("{what}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A service-specific dependency that failed at start (e.g. the gateway's token keys).
     #[error("start-up dependency")]
     Dependency(#[source] Box<dyn std::error::Error + Send + Sync>),

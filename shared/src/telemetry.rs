@@ -12,6 +12,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -60,9 +61,13 @@ pub fn init(
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    // RUST_LOG filters the logs only: traces keep their info-level spans (and so the trace
+    // context that rides to receivers) even when an operator turns logging down to `warn`.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     let installed = match config.log_format {
         LogFormat::Json => registry
             .with(
@@ -70,10 +75,13 @@ pub fn init(
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_span_list(true),
+                    .with_span_list(true)
+                    .with_filter(filter),
             )
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .try_init(),
     };
     if installed.is_err() {
         tracing::debug!("a global subscriber was already installed; keeping it");
@@ -112,4 +120,37 @@ impl opentelemetry::propagation::Extractor for HttpHeaders<'_> {
 pub fn extract_http(headers: &axum::http::HeaderMap) -> opentelemetry::Context {
     use opentelemetry::propagation::TextMapPropagator as _;
     opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&HttpHeaders(headers))
+}
+
+struct HttpHeadersMut<'a>(&'a mut axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HttpHeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(key.as_bytes()),
+            axum::http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Writes `cx` as W3C `traceparent` (and `tracestate`) into outgoing HTTP headers, so a
+/// receiver's own tracing continues the event's trace.
+pub fn inject_http(cx: &opentelemetry::Context, headers: &mut axum::http::HeaderMap) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(cx, &mut HttpHeadersMut(headers));
+}
+
+/// The context to send onwards: the current span's when tracing is on, else `parent` itself,
+/// so the trace id still travels when no OpenTelemetry layer is installed.
+pub fn onward_context(parent: opentelemetry::Context) -> opentelemetry::Context {
+    use opentelemetry::trace::TraceContextExt as _;
+    let current = current_context();
+    if current.span().span_context().is_valid() {
+        current
+    } else {
+        parent
+    }
 }

@@ -55,6 +55,8 @@ impl TestEnv {
         config.gateway.listen = any_port;
         config.fanout.ops_listen = any_port;
         config.delivery.ops_listen = any_port;
+        // Test receivers listen on loopback, which the SSRF guard refuses unless allow-listed.
+        config.delivery.ssrf_allow = vec!["127.0.0.0/8".into()];
         config.scheduler.ops_listen = any_port;
         Self { config, schema }
     }

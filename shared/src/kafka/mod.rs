@@ -17,9 +17,11 @@
 //! commit) one code path. docs/kafka.md says when to choose `cooperative-sticky`.
 
 mod headers;
+mod lag;
 mod topics;
 
 pub use headers::{TENANT_HEADER, TRACEPARENT_HEADER, extract_trace_context, trace_headers};
+pub use lag::partition_lag;
 pub use topics::{
     EnsureReport, PartitionMismatch, RetryTier, TopicCatalog, TopicKind, TopicSpec, ensure_topics,
     tier_name,

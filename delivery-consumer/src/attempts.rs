@@ -1,0 +1,160 @@
+//! Records attempts and delivery states in PostgreSQL, in batches, off the hot path.
+//!
+//! A delivery task hands its row to the writer and waits for the acknowledgement before its
+//! offset may be stored (invariant 1: the outcome is recorded before the record is let go).
+//! The writer collects rows for up to `delivery.attempt_linger` or `delivery.attempt_batch`
+//! rows, writes them in one statement (UNNEST: one round trip, one transaction), and on a
+//! database error retries the same batch with backoff: tasks wait, pending records pile up to
+//! `delivery.max_pending`, and the consumer stops reading. Nothing is dropped.
+//!
+//! The statement is idempotent: an attempt re-recorded after a crash keeps its first row
+//! (`ON CONFLICT DO NOTHING`), the attempt count only grows, and a delivered row never goes
+//! back to another state. Rows are sorted by delivery id so two writers (during a rebalance)
+//! lock in the same order.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use shared::domain::{DeliveryStatus, ErrorClass};
+use shared::ids::{DeliveryId, EndpointId, TenantId};
+use tokio::sync::{mpsc, oneshot};
+
+/// One delivery's new state, with the attempt that led to it (none for a dead letter that was
+/// never attempted, such as a deleted endpoint's).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub delivery_id: DeliveryId,
+    pub tenant_id: TenantId,
+    pub endpoint_id: EndpointId,
+    pub status: DeliveryStatus,
+    pub attempt: Option<u32>,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u32,
+    pub status_code: Option<u16>,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    pub excerpt: Option<String>,
+}
+
+type Item = (Row, oneshot::Sender<()>);
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Item>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the attempt writer stopped")]
+pub struct WriterGone;
+
+impl Writer {
+    /// Starts the writer task; it ends when every `Writer` clone is dropped.
+    pub fn spawn(
+        pool: Pool,
+        batch: usize,
+        linger: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(batch * 4);
+        let task = tokio::spawn(run(pool, rx, batch, linger));
+        (Self { tx }, task)
+    }
+
+    /// Returns once the row is committed.
+    pub async fn record(&self, row: Row) -> Result<(), WriterGone> {
+        let (ack, done) = oneshot::channel();
+        self.tx.send((row, ack)).await.map_err(|_| WriterGone)?;
+        done.await.map_err(|_| WriterGone)
+    }
+}
+
+async fn run(pool: Pool, mut rx: mpsc::Receiver<Item>, batch: usize, linger: Duration) {
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while items.len() < batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => items.push(item),
+                _ => break,
+            }
+        }
+        items.sort_by_key(|(row, _)| row.delivery_id);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match write(&pool, &items).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, rows = items.len(), "recording attempts failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for (_, ack) in items {
+            let _ = ack.send(());
+        }
+    }
+}
+
+const SQL: &str = "
+WITH input AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int[],
+        $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::text[], $11::text[])
+        AS u(delivery_id, tenant_id, endpoint_id, status, attempt, started_at, duration_ms,
+             status_code, error_class, error, excerpt)
+), recorded AS (
+    INSERT INTO delivery_attempts (delivery_id, attempt, tenant_id, endpoint_id, started_at,
+        duration_ms, status_code, error_class, error, response_excerpt)
+    SELECT i.delivery_id, i.attempt, i.tenant_id, i.endpoint_id, i.started_at, i.duration_ms,
+        i.status_code, i.error_class, i.error, i.excerpt
+    FROM input i JOIN deliveries d ON d.id = i.delivery_id
+    WHERE i.attempt IS NOT NULL
+    ON CONFLICT (delivery_id, attempt) DO NOTHING
+)
+UPDATE deliveries d SET
+    status = i.status,
+    attempts = GREATEST(d.attempts, COALESCE(i.attempt, 0)),
+    last_status_code = COALESCE(i.status_code, d.last_status_code),
+    last_error_class = CASE WHEN i.status = 'delivered' THEN NULL ELSE i.error_class END,
+    delivered_at = CASE WHEN i.status = 'delivered'
+        THEN COALESCE(d.delivered_at, i.started_at + i.duration_ms * interval '1 millisecond')
+        ELSE d.delivered_at END,
+    updated_at = now()
+FROM input i
+WHERE d.id = i.delivery_id AND (d.status <> 'delivered' OR i.status = 'delivered')";
+
+async fn write(pool: &Pool, items: &[Item]) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| shared::error_chain(&e))?;
+    let rows = items.iter().map(|(r, _)| r);
+    let ids: Vec<DeliveryId> = rows.clone().map(|r| r.delivery_id).collect();
+    let tenants: Vec<TenantId> = rows.clone().map(|r| r.tenant_id).collect();
+    let endpoints: Vec<EndpointId> = rows.clone().map(|r| r.endpoint_id).collect();
+    let statuses: Vec<&str> = rows.clone().map(|r| r.status.as_str()).collect();
+    let attempts: Vec<Option<i32>> = rows
+        .clone()
+        .map(|r| r.attempt.and_then(|a| i32::try_from(a).ok()))
+        .collect();
+    let started: Vec<DateTime<Utc>> = rows.clone().map(|r| r.started_at).collect();
+    let durations: Vec<i32> = rows
+        .clone()
+        .map(|r| i32::try_from(r.duration_ms).unwrap_or(i32::MAX))
+        .collect();
+    let codes: Vec<Option<i32>> = rows.clone().map(|r| r.status_code.map(i32::from)).collect();
+    let classes: Vec<Option<&str>> = rows
+        .clone()
+        .map(|r| r.error_class.map(ErrorClass::as_str))
+        .collect();
+    let errors: Vec<Option<&str>> = rows.clone().map(|r| r.error.as_deref()).collect();
+    let excerpts: Vec<Option<&str>> = rows.map(|r| r.excerpt.as_deref()).collect();
+    client
+        .execute(
+            SQL,
+            &[
+                &ids, &tenants, &endpoints, &statuses, &attempts, &started, &durations, &codes,
+                &classes, &errors, &excerpts,
+            ],
+        )
+        .await
+        .map_err(|e| shared::error_chain(&e))?;
+    Ok(())
+}

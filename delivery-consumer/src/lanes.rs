@@ -1,0 +1,227 @@
+//! Per-endpoint state: the lane a delivery waits in, its in-flight cap, its rate limit, its
+//! `Retry-After` pause and its circuit breaker.
+//!
+//! **Circuit breaker.** Closed, an endpoint is sent to freely and consecutive failed attempts
+//! are counted; at `delivery.circuit_failure_threshold` it opens for the cool-down. Open,
+//! nothing is sent: records that arrive are deferred to the retry tier that covers the rest of
+//! the cool-down, without counting an attempt (never dropped). When the cool-down has passed,
+//! the next record is sent as the one probe (half-open) while others wait in the lane; a
+//! successful probe closes the circuit, a failed one re-opens it with the cool-down doubled, up
+//! to `delivery.circuit_max_cooldown`. A 429 does not count as a failure here: it pauses the
+//! endpoint instead, for as long as the receiver asked.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::job::Job;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Circuit {
+    Closed { failures: u32 },
+    Open { until: Instant, cooldown: Duration },
+    HalfOpen { probing: bool, cooldown: Duration },
+}
+
+/// May a lane send now?
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Admission {
+    Send,
+    /// Send this one as the probe of a half-open circuit.
+    Probe,
+    /// The probe is in flight: wait in the lane.
+    Wait,
+    /// Open (or paused): defer, the block lasts this much longer.
+    Defer(Duration),
+}
+
+pub struct Breaker {
+    pub threshold: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+impl Circuit {
+    pub fn is_open(&self) -> bool {
+        !matches!(self, Self::Closed { .. })
+    }
+
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        match *self {
+            Self::Closed { .. } => Admission::Send,
+            Self::Open { until, cooldown } if now >= until => {
+                *self = Self::HalfOpen {
+                    probing: true,
+                    cooldown,
+                };
+                Admission::Probe
+            }
+            Self::Open { until, .. } => Admission::Defer(until - now),
+            Self::HalfOpen { probing: true, .. } => Admission::Wait,
+            Self::HalfOpen { cooldown, .. } => {
+                *self = Self::HalfOpen {
+                    probing: true,
+                    cooldown,
+                };
+                Admission::Probe
+            }
+        }
+    }
+
+    /// A probe was admitted but not sent (rate limit) or told nothing: let the next one probe.
+    pub fn unprobe(&mut self) {
+        if let Self::HalfOpen { cooldown, .. } = *self {
+            *self = Self::HalfOpen {
+                probing: false,
+                cooldown,
+            };
+        }
+    }
+
+    pub fn success(&mut self) {
+        *self = Self::Closed { failures: 0 };
+    }
+
+    pub fn failure(&mut self, now: Instant, b: &Breaker) {
+        *self = match *self {
+            Self::Closed { failures } if failures + 1 >= b.threshold => Self::Open {
+                until: now + b.cooldown,
+                cooldown: b.cooldown,
+            },
+            Self::Closed { failures } => Self::Closed {
+                failures: failures + 1,
+            },
+            Self::HalfOpen { cooldown, .. } | Self::Open { cooldown, .. } => {
+                let cooldown = (cooldown * 2).min(b.max_cooldown);
+                Self::Open {
+                    until: now + cooldown,
+                    cooldown,
+                }
+            }
+        };
+    }
+}
+
+pub struct Lane {
+    pub queue: VecDeque<Job>,
+    pub in_flight: u32,
+    pub paused_until: Option<Instant>,
+    pub circuit: Circuit,
+    limiter: Option<(f64, DefaultDirectRateLimiter)>,
+    /// A wake-up is scheduled (rate limit), so no second timer is started.
+    pub wake_pending: bool,
+    /// Queued behind the global in-flight cap.
+    pub waiting_global: bool,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            in_flight: 0,
+            paused_until: None,
+            circuit: Circuit::Closed { failures: 0 },
+            limiter: None,
+            wake_pending: false,
+            waiting_global: false,
+        }
+    }
+}
+
+impl Lane {
+    /// Nothing here is worth keeping: the lane can be forgotten (memory stays proportional to
+    /// the endpoints with work or state, not to all endpoints ever seen).
+    pub fn idle(&self, now: Instant) -> bool {
+        self.queue.is_empty()
+            && self.in_flight == 0
+            && self.paused_until.is_none_or(|t| t <= now)
+            && self.circuit == Circuit::Closed { failures: 0 }
+    }
+
+    /// A token from the endpoint's rate limit, or how long until one is available. The limiter
+    /// is rebuilt when the endpoint's rate changes; the burst is one second's worth.
+    pub fn take_token(&mut self, rate: Option<f64>) -> Result<(), Duration> {
+        let Some(rate) = rate.filter(|r| r.is_finite() && *r > 0.0) else {
+            self.limiter = None;
+            return Ok(());
+        };
+        if self.limiter.as_ref().is_none_or(|(r, _)| *r != rate) {
+            let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_micros(1));
+            // Truncation is intended: the burst is the whole requests of one second.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let burst = NonZeroU32::new((rate as u32).max(1)).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(period)
+                .map(|q| q.allow_burst(burst))
+                .unwrap_or_else(|| Quota::per_second(burst));
+            self.limiter = Some((rate, RateLimiter::direct(quota)));
+        }
+        match &self.limiter {
+            Some((_, limiter)) => limiter
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Breaker = Breaker {
+        threshold: 3,
+        cooldown: Duration::from_secs(1),
+        max_cooldown: Duration::from_secs(3),
+    };
+
+    #[test]
+    fn opens_probes_and_closes() {
+        let now = Instant::now();
+        let mut c = Circuit::Closed { failures: 0 };
+        c.failure(now, &B);
+        c.failure(now, &B);
+        assert_eq!(c.admit(now), Admission::Send);
+        c.failure(now, &B);
+        assert_eq!(c.admit(now), Admission::Defer(Duration::from_secs(1)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(c.admit(later), Admission::Probe);
+        assert_eq!(c.admit(later), Admission::Wait);
+        c.failure(later, &B);
+        // Doubled cool-down after a failed probe.
+        assert_eq!(c.admit(later), Admission::Defer(Duration::from_secs(2)));
+        let after = later + Duration::from_secs(2);
+        assert_eq!(c.admit(after), Admission::Probe);
+        c.failure(after, &B);
+        // Capped.
+        assert_eq!(c.admit(after), Admission::Defer(Duration::from_secs(3)));
+        assert_eq!(c.admit(after + Duration::from_secs(3)), Admission::Probe);
+        c.success();
+        assert_eq!(c, Circuit::Closed { failures: 0 });
+        assert_eq!(c.admit(after), Admission::Send);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let now = Instant::now();
+        let mut c = Circuit::Closed { failures: 0 };
+        c.failure(now, &B);
+        c.failure(now, &B);
+        c.success();
+        c.failure(now, &B);
+        assert_eq!(c.admit(now), Admission::Send);
+    }
+
+    #[test]
+    fn rate_limit_hands_out_a_second_worth_then_waits() {
+        let mut lane = Lane::default();
+        for _ in 0..5 {
+            assert!(lane.take_token(Some(5.0)).is_ok());
+        }
+        let wait = lane.take_token(Some(5.0)).expect_err("bucket empty");
+        assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        assert!(lane.take_token(None).is_ok());
+    }
+}

@@ -1,0 +1,129 @@
+//! The delivery-consumer's metrics, named after the replaced system's so its dashboards keep
+//! working (the registry prefixes `harborhook_`): `deliveries_total{status}`,
+//! `delivery_latency_seconds` (event time to delivered, end to end),
+//! `http_delivery_duration_seconds{result}`, `retries_total{reason}`, `dlq_total{reason}`;
+//! plus `delivery_in_flight`, `delivery_pending`, `endpoint_circuits_open`,
+//! `endpoints_paused`, `delivery_consumer_lag{partition}` and `delivery_malformed_total`.
+//! No label names an endpoint or tenant: cardinality stays bounded whatever the tenants do.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpResult {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Partition {
+    pub partition: i32,
+}
+
+fn latency() -> Histogram {
+    // 5 ms … ~11 h: end to end includes retries.
+    Histogram::new(exponential_buckets(0.005, 2.0, 24))
+}
+
+fn http_duration() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub deliveries: Family<Status, Counter>,
+    pub latency: Histogram,
+    pub http: Family<HttpResult, Histogram, fn() -> Histogram>,
+    pub retries: Family<Reason, Counter>,
+    pub dlq: Family<Reason, Counter>,
+    pub in_flight: Gauge,
+    pub pending: Gauge,
+    pub circuits_open: Gauge,
+    pub paused: Gauge,
+    pub lag: Family<Partition, Gauge>,
+    pub malformed: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            deliveries: Family::default(),
+            latency: latency(),
+            http: Family::new_with_constructor(http_duration),
+            retries: Family::default(),
+            dlq: Family::default(),
+            in_flight: Gauge::default(),
+            pending: Gauge::default(),
+            circuits_open: Gauge::default(),
+            paused: Gauge::default(),
+            lag: Family::default(),
+            malformed: Counter::default(),
+        };
+        registry.register(
+            "deliveries",
+            "Delivery outcomes: delivered, retrying, dead_lettered, deferred",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Event time to successful delivery, end to end",
+            m.latency.clone(),
+        );
+        registry.register(
+            "http_delivery_duration_seconds",
+            "Duration of one HTTP attempt, by result (2xx, 3xx, 4xx, 5xx, error)",
+            m.http.clone(),
+        );
+        registry.register(
+            "retries",
+            "Deliveries sent to a retry tier, by reason (error class or deferral)",
+            m.retries.clone(),
+        );
+        registry.register("dlq", "Deliveries dead-lettered, by reason", m.dlq.clone());
+        registry.register(
+            "delivery_in_flight",
+            "HTTP requests in flight",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "delivery_pending",
+            "Records read whose outcome is not yet durable",
+            m.pending.clone(),
+        );
+        registry.register(
+            "endpoint_circuits_open",
+            "Endpoints whose circuit breaker is open or probing",
+            m.circuits_open.clone(),
+        );
+        registry.register(
+            "endpoints_paused",
+            "Endpoints paused by Retry-After",
+            m.paused.clone(),
+        );
+        registry.register(
+            "delivery_consumer_lag",
+            "Records not yet read from this instance's deliveries partitions",
+            m.lag.clone(),
+        );
+        registry.register(
+            "delivery_malformed",
+            "Malformed records on deliveries, logged and skipped",
+            m.malformed.clone(),
+        );
+        m
+    }
+}

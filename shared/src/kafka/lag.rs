@@ -1,0 +1,33 @@
+//! Consumer lag as the services report it in their metrics.
+
+use std::time::Duration;
+
+use rdkafka::Offset;
+use rdkafka::consumer::{Consumer, ConsumerContext};
+
+/// Per assigned partition: `(topic, partition, lag)`, the high watermark minus the next offset
+/// to read (or minus the low watermark before the first fetch). Makes a metadata round trip
+/// per partition: call it from a timer, off any hot path.
+pub fn partition_lag<X: ConsumerContext, C: Consumer<X>>(consumer: &C) -> Vec<(String, i32, i64)> {
+    let Ok(assignment) = consumer.assignment() else {
+        return Vec::new();
+    };
+    let positions = consumer.position().unwrap_or_default();
+    let mut out = Vec::new();
+    for e in assignment.elements() {
+        let Ok((low, high)) = crate::blocking(|| {
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+        }) else {
+            continue;
+        };
+        let next = positions
+            .find_partition(e.topic(), e.partition())
+            .and_then(|p| match p.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(low);
+        out.push((e.topic().to_owned(), e.partition(), (high - next).max(0)));
+    }
+    out
+}
