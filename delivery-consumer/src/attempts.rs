@@ -7,9 +7,10 @@
 //! database error retries the same batch with backoff: tasks wait, pending records pile up to
 //! `delivery.max_pending`, and the consumer stops reading. Nothing is dropped.
 //!
-//! The statement is idempotent: an attempt re-recorded after a crash keeps its first row
-//! (`ON CONFLICT DO NOTHING`), the attempt count only grows, and a delivered row never goes
-//! back to another state. Rows are sorted by delivery id so two writers (during a rebalance)
+//! Every real request is a row (a replay restarts the numbering, a crash may repeat an attempt:
+//! rows are told apart by start time); writing the same batch twice changes nothing (`ON
+//! CONFLICT DO NOTHING`), the attempt count only grows, and a delivered row never goes back
+//! to another state. Rows are sorted by delivery id so two writers (during a rebalance)
 //! lock in the same order.
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use shared::domain::{DeliveryStatus, ErrorClass};
 use shared::ids::{DeliveryId, EndpointId, TenantId};
+use shared::records::{DeadLetterReason, SourcePosition};
 use tokio::sync::{mpsc, oneshot};
 
 /// One delivery's new state, with the attempt that led to it (none for a dead letter that was
@@ -35,6 +37,8 @@ pub struct Row {
     pub error_class: Option<ErrorClass>,
     pub error: Option<String>,
     pub excerpt: Option<String>,
+    /// Set when the delivery was dead-lettered: why, and where its record was read.
+    pub dead_letter: Option<(DeadLetterReason, SourcePosition)>,
 }
 
 type Item = (Row, oneshot::Sender<()>);
@@ -99,9 +103,10 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Item>, batch: usize, linger: Dur
 const SQL: &str = "
 WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int[],
-        $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::text[], $11::text[])
+        $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::text[], $11::text[],
+        $12::text[], $13::jsonb[])
         AS u(delivery_id, tenant_id, endpoint_id, status, attempt, started_at, duration_ms,
-             status_code, error_class, error, excerpt)
+             status_code, error_class, error, excerpt, dead_letter_reason, dead_letter_source)
 ), recorded AS (
     INSERT INTO delivery_attempts (delivery_id, attempt, tenant_id, endpoint_id, started_at,
         duration_ms, status_code, error_class, error, response_excerpt)
@@ -109,7 +114,7 @@ WITH input AS (
         i.status_code, i.error_class, i.error, i.excerpt
     FROM input i JOIN deliveries d ON d.id = i.delivery_id
     WHERE i.attempt IS NOT NULL
-    ON CONFLICT (delivery_id, attempt) DO NOTHING
+    ON CONFLICT (delivery_id, started_at, attempt) DO NOTHING
 )
 UPDATE deliveries d SET
     status = i.status,
@@ -119,6 +124,8 @@ UPDATE deliveries d SET
     delivered_at = CASE WHEN i.status = 'delivered'
         THEN COALESCE(d.delivered_at, i.started_at + i.duration_ms * interval '1 millisecond')
         ELSE d.delivered_at END,
+    dead_letter_reason = COALESCE(i.dead_letter_reason, d.dead_letter_reason),
+    dead_letter_source = COALESCE(i.dead_letter_source, d.dead_letter_source),
     updated_at = now()
 FROM input i
 WHERE d.id = i.delivery_id AND (d.status <> 'delivered' OR i.status = 'delivered')";
@@ -145,13 +152,24 @@ async fn write(pool: &Pool, items: &[Item]) -> Result<(), String> {
         .map(|r| r.error_class.map(ErrorClass::as_str))
         .collect();
     let errors: Vec<Option<&str>> = rows.clone().map(|r| r.error.as_deref()).collect();
-    let excerpts: Vec<Option<&str>> = rows.map(|r| r.excerpt.as_deref()).collect();
+    let excerpts: Vec<Option<&str>> = rows.clone().map(|r| r.excerpt.as_deref()).collect();
+    let reasons: Vec<Option<&str>> = rows
+        .clone()
+        .map(|r| r.dead_letter.as_ref().map(|(reason, _)| reason.as_str()))
+        .collect();
+    let sources: Vec<Option<serde_json::Value>> = rows
+        .map(|r| {
+            r.dead_letter
+                .as_ref()
+                .and_then(|(_, source)| serde_json::to_value(source).ok())
+        })
+        .collect();
     client
         .execute(
             SQL,
             &[
                 &ids, &tenants, &endpoints, &statuses, &attempts, &started, &durations, &codes,
-                &classes, &errors, &excerpts,
+                &classes, &errors, &excerpts, &reasons, &sources,
             ],
         )
         .await

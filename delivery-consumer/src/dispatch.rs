@@ -5,7 +5,8 @@
 //! its endpoint's lane; a lane sends while it is under its in-flight cap (per endpoint, default
 //! 10), its rate limit and the global cap (`delivery.max_in_flight`), each send a task of its
 //! own. A slow endpoint therefore fills only its own lane: when its queue reaches
-//! `delivery.endpoint_queue`, further records are deferred to the first retry tier without
+//! `delivery.endpoint_queue`, or a new record would wait longer than `delivery.max_queue_wait`
+//! at the endpoint's recent pace, further records are deferred to the first retry tier without
 //! counting an attempt (durable, so their offsets move on). A paused (`Retry-After`) or open
 //! endpoint sends nothing and its records are deferred to the tier that covers the rest of the
 //! pause. Everything that waits is bounded: reading stops at `delivery.max_pending` records
@@ -74,6 +75,7 @@ pub struct Settings {
     pub max_pending: usize,
     pub max_in_flight: usize,
     pub endpoint_queue: usize,
+    pub max_queue_wait: Duration,
     pub drain_timeout: Duration,
     /// The longest pause a `Retry-After` may impose (the largest tier's delay).
     pub max_pause: Duration,
@@ -237,8 +239,18 @@ impl Dispatcher {
         {
             return self.defer(st, job, Deferral::CircuitOpen, until - now);
         }
-        if lane.queue.len() >= self.settings.endpoint_queue && !lane.waiting_global {
-            return self.defer(st, job, Deferral::Overflow, Duration::ZERO);
+        // A lane is over its bound when its queue is full, or when a new record would wait
+        // longer than `max_queue_wait` at the endpoint's recent pace (a slow endpoint); a
+        // fast endpoint's deep queue drains in time and is not deferred.
+        if !lane.waiting_global && !lane.queue.is_empty() {
+            let endpoint = self.deps.endpoints.get(&id);
+            let cap = endpoint.as_ref().map_or(1, |e| e.max_in_flight);
+            let rate = endpoint.as_ref().and_then(|e| e.rate_limit_per_sec);
+            if lane.queue.len() >= self.settings.endpoint_queue
+                || lane.expected_wait(cap, rate) > self.settings.max_queue_wait
+            {
+                return self.defer(st, job, Deferral::Overflow, Duration::ZERO);
+            }
         }
         lane.queue.push_back(job);
         self.pump(st, id);
@@ -309,11 +321,16 @@ impl Dispatcher {
 
     fn on_event(&self, st: &mut State, ev: Event) {
         match ev {
-            Event::Sent { endpoint, signal } => {
+            Event::Sent {
+                endpoint,
+                signal,
+                took,
+            } => {
                 st.in_flight -= 1;
                 let now = Instant::now();
                 if let Some(lane) = st.lanes.get_mut(&endpoint) {
                     lane.in_flight -= 1;
+                    lane.observe(took);
                     match signal {
                         Signal::Success => lane.circuit.success(),
                         Signal::Failure => lane.circuit.failure(now, &self.settings.breaker),

@@ -36,6 +36,34 @@ pub struct Job {
     pub headers: Option<OwnedHeaders>,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A job whose contents do not matter (lane bookkeeping tests).
+    pub fn placeholder() -> Self {
+        use shared::ids::{EndpointId, EventId, TenantId};
+        let (event, endpoint) = (EventId::new(), EndpointId::new());
+        Self {
+            record: DeliveryRecord {
+                schema_version: SchemaVersion::CURRENT,
+                delivery_id: shared::ids::DeliveryId::derive(&event, &endpoint),
+                event_id: event,
+                tenant_id: TenantId::new(),
+                endpoint_id: endpoint,
+                event_type: "test.event".parse().unwrap_or_else(|_| unreachable!()),
+                payload: serde_json::Map::new(),
+                occurred_at: Utc::now(),
+                attempt: 1,
+                attempts: Vec::new(),
+                replay: None,
+            },
+            partition: 0,
+            offset: 0,
+            epoch: 0,
+            headers: None,
+        }
+    }
+}
+
 /// What an attempt tells the endpoint's lane.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Signal {
@@ -68,10 +96,12 @@ impl Deferral {
 }
 
 pub enum Event {
-    /// The HTTP part is over: the lane's slot is free.
+    /// The HTTP part is over: the lane's slot is free. `took` is the request's duration
+    /// (zero when none was made), for the lane's wait estimate.
     Sent {
         endpoint: EndpointId,
         signal: Signal,
+        took: Duration,
     },
     /// The outcome is durable (`stored`) or was abandoned at shutdown (not stored).
     Done {
@@ -190,11 +220,7 @@ impl Deps {
             last_status: exchange.and_then(|x| x.status),
             error_class: exchange.and_then(|x| x.error_class),
             response_body: exchange.and_then(|x| x.excerpt.clone()),
-            source: SourcePosition {
-                topic: self.deliveries_topic.clone(),
-                partition: job.partition,
-                offset: job.offset,
-            },
+            source: self.source(job),
         };
         let payload = serde_json::to_vec(&record).ok()?;
         self.produce(&self.dlq_topic, job, payload).await?;
@@ -206,6 +232,14 @@ impl Deps {
             .inc();
         self.count(DeliveryStatus::DeadLettered);
         Some(())
+    }
+
+    fn source(&self, job: &Job) -> SourcePosition {
+        SourcePosition {
+            topic: self.deliveries_topic.clone(),
+            partition: job.partition,
+            offset: job.offset,
+        }
     }
 
     fn count(&self, status: DeliveryStatus) {
@@ -242,9 +276,29 @@ pub async fn defer(
         .as_ref()
         .map_or(job.record.occurred_at, |r| r.replayed_at);
     let durable = if Utc::now() - started > deps.horizon {
-        deps.dead_letter(&job, job.record.clone(), DeadLetterReason::Exhausted, None)
-            .await
-            .is_some()
+        let r = &job.record;
+        let row = Row {
+            delivery_id: r.delivery_id,
+            tenant_id: r.tenant_id,
+            endpoint_id: r.endpoint_id,
+            status: DeliveryStatus::DeadLettered,
+            attempt: None,
+            started_at: Utc::now(),
+            duration_ms: 0,
+            status_code: None,
+            error_class: Some(ErrorClass::CircuitOpen),
+            error: Some(format!(
+                "deferred past the retry horizon ({})",
+                why.as_str()
+            )),
+            excerpt: None,
+            dead_letter: Some((DeadLetterReason::Exhausted, deps.source(&job))),
+        };
+        let (a, b) = tokio::join!(
+            deps.dead_letter(&job, r.clone(), DeadLetterReason::Exhausted, None),
+            deps.record(row)
+        );
+        a.and(b).is_some()
     } else {
         let ok = deps
             .to_tier(&job, job.record.clone(), wanted)
@@ -303,6 +357,7 @@ pub async fn deliver(deps: Arc<Deps>, job: Job, tx: mpsc::Sender<Event>) {
                 .send(Event::Sent {
                     endpoint: endpoint_id,
                     signal: Signal::Nothing,
+                    took: Duration::ZERO,
                 })
                 .await;
             return done(&tx, &job, false).await;
@@ -312,6 +367,7 @@ pub async fn deliver(deps: Arc<Deps>, job: Job, tx: mpsc::Sender<Event>) {
                 .send(Event::Sent {
                     endpoint: endpoint_id,
                     signal: Signal::Nothing,
+                    took: Duration::ZERO,
                 })
                 .await;
             let durable = unavailable(&deps, &job).await.is_some();
@@ -330,6 +386,7 @@ pub async fn deliver(deps: Arc<Deps>, job: Job, tx: mpsc::Sender<Event>) {
             .send(Event::Sent {
                 endpoint: endpoint_id,
                 signal,
+                took: exchange.duration,
             })
             .await;
         let durable = settle(&deps, &job, &endpoint, &exchange, started_at)
@@ -363,6 +420,7 @@ async fn unavailable(deps: &Deps, job: &Job) -> Option<()> {
         error_class: None,
         error: None,
         excerpt: None,
+        dead_letter: Some((DeadLetterReason::EndpointUnavailable, deps.source(job))),
     };
     let (a, b) = tokio::join!(
         deps.dead_letter(job, r.clone(), DeadLetterReason::EndpointUnavailable, None),
@@ -501,6 +559,9 @@ async fn settle(
         error_class: x.error_class,
         error: x.error.clone(),
         excerpt: x.excerpt.clone(),
+        dead_letter: outcome
+            .as_ref()
+            .map(|(_, reason)| (*reason, deps.source(job))),
     };
     let dead = async {
         match outcome {

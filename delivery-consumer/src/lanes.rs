@@ -115,6 +115,8 @@ pub struct Lane {
     pub wake_pending: bool,
     /// Queued behind the global in-flight cap.
     pub waiting_global: bool,
+    /// Moving average of request durations, in seconds (none before the first request).
+    latency: Option<f64>,
 }
 
 impl Default for Lane {
@@ -127,11 +129,33 @@ impl Default for Lane {
             limiter: None,
             wake_pending: false,
             waiting_global: false,
+            latency: None,
         }
     }
 }
 
 impl Lane {
+    pub fn observe(&mut self, took: Duration) {
+        if took.is_zero() {
+            return;
+        }
+        let s = took.as_secs_f64();
+        self.latency = Some(self.latency.map_or(s, |avg| 0.8 * avg + 0.2 * s));
+    }
+
+    /// How long a record joining the queue now would wait, from the endpoint's recent
+    /// latency, its in-flight cap and its rate limit; zero while nothing is known.
+    pub fn expected_wait(&self, cap: u32, rate: Option<f64>) -> Duration {
+        let Some(latency) = self.latency else {
+            return Duration::ZERO;
+        };
+        let by_cap = f64::from(cap.max(1)) / latency.max(1e-4);
+        let per_sec = rate.map_or(by_cap, |r| by_cap.min(r.max(1e-3)));
+        #[allow(clippy::cast_precision_loss)] // Queue lengths are far below 2^52.
+        let queued = (self.queue.len() + 1) as f64;
+        Duration::try_from_secs_f64(queued / per_sec).unwrap_or(Duration::MAX)
+    }
+
     /// Nothing here is worth keeping: the lane can be forgotten (memory stays proportional to
     /// the endpoints with work or state, not to all endpoints ever seen).
     pub fn idle(&self, now: Instant) -> bool {
@@ -212,6 +236,26 @@ mod tests {
         c.success();
         c.failure(now, &B);
         assert_eq!(c.admit(now), Admission::Send);
+    }
+
+    #[test]
+    fn the_wait_estimate_follows_latency_cap_and_rate() {
+        let mut lane = Lane::default();
+        assert_eq!(
+            lane.expected_wait(10, None),
+            Duration::ZERO,
+            "unknown: no estimate"
+        );
+        lane.observe(Duration::from_secs(2));
+        for _ in 0..9 {
+            lane.queue.push_back(crate::job::Job::placeholder());
+        }
+        // 10 records ahead of it (9 queued + itself), 10 at a time, 2 s each: 2 s.
+        let wait = lane.expected_wait(10, None);
+        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
+        // A rate limit of 1/s is the tighter bound: 10 s.
+        let wait = lane.expected_wait(10, Some(1.0));
+        assert!((wait.as_secs_f64() - 10.0).abs() < 1e-6, "{wait:?}");
     }
 
     #[test]

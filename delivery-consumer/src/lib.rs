@@ -116,6 +116,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             max_pending: d.max_pending,
             max_in_flight: d.max_in_flight,
             endpoint_queue: d.endpoint_queue,
+            max_queue_wait: d.max_queue_wait,
             drain_timeout: d.drain_timeout,
             max_pause,
             breaker: lanes::Breaker {

@@ -257,12 +257,23 @@ async fn in_flight_caps_and_rate_limits_hold_per_endpoint() -> anyhow::Result<()
     for n in 0..N {
         world.publish(&tenant, n).await?;
     }
-    let got = receiver.wait_for("limited", N, Duration::from_secs(30)).await?;
+    let got = receiver
+        .wait_for("limited", N, Duration::from_secs(30))
+        .await?;
     // A burst of one second's worth (5), then 5 per second: the other 10 take 2 s.
     let span = got[N - 1].at - got[0].at;
-    assert!(span >= Duration::from_millis(1800), "15 requests at 5/s took only {span:?}");
-    receiver.wait_for("capped", N, Duration::from_secs(30)).await?;
-    assert_eq!(receiver.max_concurrency("capped"), 2, "at most 2 in flight, and 2 used");
+    assert!(
+        span >= Duration::from_millis(1800),
+        "15 requests at 5/s took only {span:?}"
+    );
+    receiver
+        .wait_for("capped", N, Duration::from_secs(30))
+        .await?;
+    assert_eq!(
+        receiver.max_concurrency("capped"),
+        2,
+        "at most 2 in flight, and 2 used"
+    );
     world.stop().await
 }
 
@@ -288,7 +299,10 @@ async fn a_full_lane_defers_without_counting_an_attempt() -> anyhow::Result<()> 
     }
     let text = common::metrics(ops).await?;
     let overflow = common::sample(&text, "harborhook_retries_total{reason=\"overflow\"}");
-    assert!(overflow >= 1.0, "records beyond the lane's queue were deferred: {overflow}");
+    assert!(
+        overflow >= 1.0,
+        "records beyond the lane's queue were deferred: {overflow}"
+    );
     assert_eq!(receiver.max_concurrency("narrow"), 1);
     world.stop().await
 }

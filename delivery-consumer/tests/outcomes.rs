@@ -130,6 +130,21 @@ async fn exhausted_deliveries_reach_the_dlq_with_full_context() -> anyhow::Resul
         .wait_status(&event, &endpoint, "dead_lettered", Duration::from_secs(10))
         .await?;
     assert_eq!(attempts, 3);
+    let row = world
+        .db
+        .query_one(
+            "SELECT dead_letter_reason, dead_letter_source->>'topic' FROM deliveries",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("exhausted")
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some(world.env.catalog().deliveries())
+    );
     world.stop().await
 }
 

@@ -319,6 +319,10 @@ pub struct DeliveryConfig {
     /// Records waiting for a saturated endpoint; beyond this they are deferred to the first
     /// retry tier without counting an attempt.
     pub endpoint_queue: usize,
+    /// A record that would wait longer than this in a slow endpoint's queue (at its recent
+    /// pace) is deferred the same way.
+    #[serde(deserialize_with = "duration")]
+    pub max_queue_wait: Duration,
     /// Consecutive failed attempts that open an endpoint's circuit.
     pub circuit_failure_threshold: u32,
     #[serde(deserialize_with = "duration")]
@@ -349,7 +353,8 @@ impl Default for DeliveryConfig {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
             max_pending: 10_000,
             max_in_flight: 1_000,
-            endpoint_queue: 1_000,
+            endpoint_queue: 10_000,
+            max_queue_wait: Duration::from_secs(5),
             circuit_failure_threshold: 10,
             circuit_cooldown: Duration::from_secs(30),
             circuit_max_cooldown: Duration::from_secs(600),

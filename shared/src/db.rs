@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_config_notify.sql",
         sql: include_str!("../../schemas/sql/0002_config_notify.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_dead_letters_and_replays.sql",
+        sql: include_str!("../../schemas/sql/0003_dead_letters_and_replays.sql"),
+    },
 ];
 
 /// A pool of connections whose `search_path` is the configured schema (if any).

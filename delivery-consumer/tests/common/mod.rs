@@ -131,7 +131,12 @@ async fn receive(
         slot.1 = slot.1.max(slot.0);
     }
     tokio::time::sleep(reply.delay).await;
-    if let Some(slot) = state.concurrency.lock().expect("concurrency").get_mut(&path) {
+    if let Some(slot) = state
+        .concurrency
+        .lock()
+        .expect("concurrency")
+        .get_mut(&path)
+    {
         slot.0 -= 1;
     }
     let mut response = (

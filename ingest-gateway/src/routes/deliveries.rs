@@ -178,7 +178,7 @@ pub async fn attempts(
     let rows = client
         .query(
             "SELECT attempt, started_at, duration_ms, status_code, error_class, error, response_excerpt
-             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY started_at, attempt",
             &[&id],
         )
         .await?;
