@@ -81,7 +81,7 @@ impl Http {
             }))
             .connect_timeout(Duration::from_millis(u64::from(bucket)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .user_agent(&self.user_agent)
             .build()?;
