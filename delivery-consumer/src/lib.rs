@@ -27,8 +27,6 @@ use shared::Config;
 use shared::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
-pub use sign::{legacy_signature, standard_signature};
-
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
 pub const NAME: &str = "delivery-consumer";
 

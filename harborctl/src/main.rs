@@ -1,15 +1,79 @@
 //! `harborctl`: the operator CLI. Output is a readable table or summary by default and JSON
-//! with `--json`; the exit code is 0 on success, 1 when the operation failed, 2 for bad
-//! configuration or usage.
+//! with `--json`; exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration,
+//! 3 not found, 4 not authorised (docs/harborctl.md).
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use shared::Config;
 
+mod api;
+mod dlq;
+mod output;
 mod produce;
+mod replay;
 mod stack;
 mod token;
+mod topics;
+mod verify;
+
+/// A failure with what to do next; `code` is the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub hint: String,
+    pub code: u8,
+}
+
+impl CliError {
+    fn new(code: u8, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: hint.into(),
+            code,
+        }
+    }
+    pub fn failed(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(1, message, hint)
+    }
+    pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(2, message, hint)
+    }
+    pub fn not_found(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(3, message, hint)
+    }
+    pub fn auth(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(4, message, hint)
+    }
+    /// The command already said everything; only the exit code remains.
+    pub fn silent(code: u8) -> Self {
+        Self::new(code, "", "")
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::failed(format!("{e:#}"), "")
+    }
+}
+
+impl From<tokio_postgres::Error> for CliError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::failed(
+            format!("database: {}", shared::error_chain(&e)),
+            "check that migrations are applied (`harborctl migrate`) and PostgreSQL is up",
+        )
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for CliError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self::failed(
+            format!("kafka: {e}"),
+            "check HARBORHOOK_KAFKA__BOOTSTRAP and that the broker is up (`harborctl dev status`)",
+        )
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +85,8 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    conn: api::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,16 +105,58 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Events on Kafka.
+    /// Endpoints of a tenant (over the API).
+    Endpoints {
+        #[command(subcommand)]
+        command: api::EndpointsCommand,
+    },
+    /// Subscriptions of a tenant (over the API).
+    Subscriptions {
+        #[command(subcommand)]
+        command: api::SubscriptionsCommand,
+    },
+    /// Events: publish, list, get (API); produce raw, replay a time range (Kafka).
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Deliveries and their attempts (over the API).
+    Deliveries {
+        #[command(subcommand)]
+        command: api::DeliveriesCommand,
+    },
+    /// The dead-letter queue (PostgreSQL and Kafka, operator configuration).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Development tokens, signed by the local key pair (never for production).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The local development stack (PostgreSQL and the broker).
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+    /// Check a received webhook's signature, as a receiver should.
+    VerifySignature {
+        /// The endpoint's secret (`whsec_…`).
+        #[arg(long)]
+        secret: String,
+        /// A received header, `Name: value` (repeatable): the id, timestamp and signature.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The raw body as received.
+        #[arg(long)]
+        body_file: std::path::PathBuf,
+        /// Also require the timestamp within this much of now (e.g. `5m`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        tolerance: Option<std::time::Duration>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -56,6 +164,107 @@ enum EventsCommand {
     /// Write event envelopes (JSON lines on standard input) to the events topic, as a direct
     /// producer would.
     Produce,
+    /// Publish one event through the API.
+    Publish {
+        #[arg(long = "type")]
+        event_type: String,
+        /// The payload, a JSON object.
+        #[arg(long)]
+        data: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    List {
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+    /// Re-fan-out the events of a time range to current subscriptions (or one endpoint).
+    Replay {
+        #[command(flatten)]
+        replay: ReplayArgs,
+        /// From (RFC 3339, or a duration ago such as `2h`).
+        #[arg(long, value_parser = replay::parse_time)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// Until, exclusive (default: now).
+        #[arg(long, value_parser = replay::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long = "tenant-id")]
+        tenant_id: Option<shared::ids::TenantId>,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Send only to this endpoint (of the event's tenant).
+        #[arg(long)]
+        endpoint: Option<shared::ids::EndpointId>,
+    },
+}
+
+/// What every replay takes.
+#[derive(Debug, Clone, clap::Args)]
+struct ReplayArgs {
+    /// Count and show a sample; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Most records per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Send again what an earlier replay of the same selection already sent.
+    #[arg(long)]
+    force: bool,
+    /// Why (recorded with the replay; required unless --dry-run).
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Who (recorded; default $USER).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+impl ReplayArgs {
+    fn by(&self) -> String {
+        self.by
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "harborctl".into())
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead-lettered deliveries, oldest first.
+    List {
+        #[command(flatten)]
+        filter: dlq::Filter,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// One dead letter with its whole history.
+    Show { id: shared::ids::DeliveryId },
+    /// Send the selected dead letters again (same webhook-id), once each.
+    Replay {
+        #[command(flatten)]
+        filter: dlq::Filter,
+        #[command(flatten)]
+        replay: ReplayArgs,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Start (or reuse) PostgreSQL and the broker, migrate, create topics.
+    Up,
+    /// Stop what `up` started.
+    Down,
+    /// What runs, where, and where its logs are.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +298,8 @@ enum TopicsCommand {
     Ensure,
     /// List the topics the configuration implies, with partitions and retention.
     List,
+    /// The topics as the broker has them, and each service group's lag per partition.
+    Describe,
 }
 
 #[derive(Subcommand)]
@@ -117,43 +328,163 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Migrate => stack::migrate(&config, cli.json).await,
-            Command::Topics {
-                command: TopicsCommand::Ensure,
-            } => stack::ensure(&config, cli.json).await,
-            Command::Topics {
-                command: TopicsCommand::List,
-            } => stack::list_topics(&config, cli.json),
-            Command::Config {
-                command: ConfigCommand::Check,
-            } => stack::check_config(&config, cli.json),
-            Command::Events {
-                command: EventsCommand::Produce,
-            } => produce::produce(&config, cli.json).await,
-            Command::Token {
-                command: TokenCommand::Init { keys_dir },
-            } => token::init(&keys_dir, cli.json),
-            Command::Token {
-                command:
-                    TokenCommand::Issue {
-                        tenant,
-                        operator,
-                        ttl,
-                        subject,
-                        keys_dir,
-                    },
-            } => token::issue(
-                &config, &keys_dir, tenant, operator, ttl, &subject, cli.json,
-            ),
-        }
-    });
-    match result {
+    match runtime.block_on(dispatch(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("harborctl: {e:#}");
-            ExitCode::FAILURE
+            if !e.message.is_empty() {
+                eprintln!("harborctl: {}", e.message);
+            }
+            if !e.hint.is_empty() {
+                eprintln!("hint: {}", e.hint);
+            }
+            ExitCode::from(e.code)
         }
+    }
+}
+
+async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
+    let json = cli.json;
+    let api = || api::Api::new(&cli.conn);
+    match cli.command {
+        Command::Migrate => Ok(stack::migrate(&config, json).await?),
+        Command::Topics { command } => match command {
+            TopicsCommand::Ensure => Ok(stack::ensure(&config, json).await?),
+            TopicsCommand::List => Ok(stack::list_topics(&config, json)?),
+            TopicsCommand::Describe => topics::describe(&config, json).await,
+        },
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => Ok(stack::check_config(&config, json)?),
+        Command::Endpoints { command } => api::endpoints(&api()?, json, command).await,
+        Command::Subscriptions { command } => api::subscriptions(&api()?, json, command).await,
+        Command::Deliveries { command } => api::deliveries(&api()?, json, command).await,
+        Command::Events { command } => match command {
+            EventsCommand::Produce => Ok(produce::produce(&config, json).await?),
+            EventsCommand::Publish {
+                event_type,
+                data,
+                idempotency_key,
+            } => api::publish(&api()?, json, event_type, data, idempotency_key).await,
+            EventsCommand::List {
+                event_type,
+                limit,
+                cursor,
+            } => api::list_events(&api()?, json, event_type, limit, cursor).await,
+            EventsCommand::Get { id } => api::get_event(&api()?, json, &id).await,
+            EventsCommand::Replay {
+                replay,
+                since,
+                until,
+                tenant_id,
+                event_type,
+                endpoint,
+            } => {
+                let r = replay::EventsReplay {
+                    since,
+                    until: until.unwrap_or_else(chrono::Utc::now),
+                    tenant: tenant_id,
+                    event_type,
+                    endpoint,
+                    dry_run: replay.dry_run,
+                    rate: replay.rate,
+                    force: replay.force,
+                    by: replay.by(),
+                    reason: replay.reason,
+                };
+                replay::events(&config, json, r).await
+            }
+        },
+        Command::Dlq { command } => match command {
+            DlqCommand::List { filter, limit } => dlq::list(&config, json, &filter, limit).await,
+            DlqCommand::Show { id } => dlq::show(&config, json, id).await,
+            DlqCommand::Replay {
+                filter,
+                replay,
+                limit,
+            } => {
+                let opts = dlq::ReplayOptions {
+                    dry_run: replay.dry_run,
+                    rate: replay.rate,
+                    force: replay.force,
+                    by: replay.by(),
+                    reason: replay.reason,
+                    limit,
+                };
+                dlq::replay(&config, json, &filter, opts).await
+            }
+        },
+        Command::Token { command } => Ok(match command {
+            TokenCommand::Init { keys_dir } => token::init(&keys_dir, json),
+            TokenCommand::Issue {
+                tenant,
+                operator,
+                ttl,
+                subject,
+                keys_dir,
+            } => token::issue(&config, &keys_dir, tenant, operator, ttl, &subject, json),
+        }?),
+        Command::Dev { command } => stack::dev(match command {
+            DevCommand::Up => "up",
+            DevCommand::Down => "down",
+            DevCommand::Status => "status",
+        }),
+        Command::VerifySignature {
+            secret,
+            headers,
+            body_file,
+            tolerance,
+        } => {
+            let body = std::fs::read(&body_file).map_err(|e| {
+                CliError::usage(
+                    format!("{}: {e}", body_file.display()),
+                    "pass the raw body as a file",
+                )
+            })?;
+            verify::verify(json, &secret, &headers, &body, tolerance)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "harborctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Global flags and subcommand flags share one namespace of ids in clap; a clash only
+    /// shows when the value is read, so read every filter once.
+    #[test]
+    fn filters_and_global_flags_do_not_collide() {
+        let t = shared::ids::TenantId::new().to_string();
+        let cli = Cli::try_parse_from([
+            "harborctl",
+            "--tenant",
+            &t,
+            "dlq",
+            "list",
+            "--tenant-id",
+            &t,
+        ])
+        .expect("parses");
+        let Command::Dlq {
+            command: DlqCommand::List { filter, .. },
+        } = cli.command
+        else {
+            panic!("dlq list");
+        };
+        assert_eq!(filter.tenant_id.map(|x| x.to_string()), Some(t.clone()));
+        assert_eq!(cli.conn.tenant, Some(t));
     }
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer};
 pub const CONFIG_FILE_ENV: &str = "HARBORHOOK_CONFIG";
 const ENV_PREFIX: &str = "HARBORHOOK_";
 /// `HARBORHOOK_*` variables that belong to harborctl or to loading itself, not to `Config`.
-const ENV_NOT_CONFIG: &[&str] = &["config", "url", "token"];
+const ENV_NOT_CONFIG: &[&str] = &["config", "url", "token", "tenant", "cli_config"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {

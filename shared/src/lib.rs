@@ -12,6 +12,7 @@ pub mod ops;
 pub mod records;
 pub mod service;
 pub mod shutdown;
+pub mod signing;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;

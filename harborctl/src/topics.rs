@@ -1,0 +1,100 @@
+//! `topics describe`: each topic of the catalog as the broker has it (partitions, retention)
+//! and the lag of each service's consumer group, per partition.
+
+#![allow(clippy::print_stdout)] // A CLI's output is its job.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use shared::Config;
+use shared::kafka::{TopicCatalog, TopicKind};
+
+use crate::CliError;
+use crate::output::{emit, table};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service group that consumes a topic kind.
+fn group_of(kind: &TopicKind) -> Option<&'static str> {
+    match kind {
+        TopicKind::Events => Some("fanout-processor"),
+        TopicKind::Deliveries => Some("delivery-consumer"),
+        TopicKind::Retry => Some("retry-scheduler"),
+        _ => None,
+    }
+}
+
+pub async fn describe(config: &Config, json: bool) -> Result<(), CliError> {
+    let catalog = TopicCatalog::new(config);
+    let probe: BaseConsumer = shared::kafka::client_config(&config.kafka, "harborctl").create()?;
+    let mut topics = Vec::new();
+    let mut lags = Vec::new();
+    for spec in catalog.specs() {
+        let metadata = shared::blocking(|| probe.fetch_metadata(Some(&spec.name), TIMEOUT))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        topics.push(json!({
+            "topic": spec.name, "partitions": partitions.len(), "expected_partitions": spec.partitions,
+            "retention_ms": spec.retention_ms, "exists": !partitions.is_empty(),
+        }));
+        let Some(service) = group_of(&spec.kind) else {
+            continue;
+        };
+        let group = shared::kafka::group_id(&config.kafka, service);
+        let member: BaseConsumer =
+            shared::kafka::consumer_config(&config.kafka, "harborctl", &group).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(&spec.name, *p);
+        }
+        let committed = shared::blocking(|| member.committed_offsets(tpl, TIMEOUT))?;
+        for p in &partitions {
+            let (low, high) = shared::blocking(|| probe.fetch_watermarks(&spec.name, *p, TIMEOUT))?;
+            let at = match committed.find_partition(&spec.name, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            lags.push(json!({
+                "group": group, "topic": spec.name, "partition": p,
+                "committed": at, "high_watermark": high, "lag": high - at.unwrap_or(low),
+            }));
+        }
+    }
+    let v = json!({"topics": topics, "consumer_lag": lags});
+    emit(json, &v, |v| {
+        let empty = Vec::new();
+        let t: &Vec<Value> = v["topics"].as_array().unwrap_or(&empty);
+        let l: &Vec<Value> = v["consumer_lag"].as_array().unwrap_or(&empty);
+        format!(
+            "{}\n\n{}",
+            table(
+                &[
+                    "topic",
+                    "partitions",
+                    "expected_partitions",
+                    "retention_ms",
+                    "exists"
+                ],
+                t
+            ),
+            table(
+                &[
+                    "group",
+                    "topic",
+                    "partition",
+                    "committed",
+                    "high_watermark",
+                    "lag"
+                ],
+                l
+            )
+        )
+    });
+    Ok(())
+}
