@@ -25,7 +25,13 @@ struct FileSettings {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Conn {
     /// API base URL [env: HARBORHOOK_URL] (default http://127.0.0.1:8080).
-    #[arg(long, global = true, env = "HARBORHOOK_URL", hide_env = true)]
+    #[arg(
+        long = "api-url",
+        id = "api_url",
+        global = true,
+        env = "HARBORHOOK_URL",
+        hide_env = true
+    )]
     pub url: Option<String>,
     /// Bearer token [env: HARBORHOOK_TOKEN].
     #[arg(
@@ -118,7 +124,7 @@ impl Api {
         let resp = req.send().await.map_err(|e| {
             CliError::failed(
                 format!("cannot reach {url}: {}", shared::error_chain(&e)),
-                "is the gateway running? (`harborctl dev up` locally; set --url or HARBORHOOK_URL)",
+                "is the gateway running? (`harborctl dev up` locally; set --api-url or HARBORHOOK_URL)",
             )
         })?;
         let status = resp.status();
@@ -462,7 +468,7 @@ pub async fn list_events(
 ) -> Result<(), CliError> {
     let t = api.tenant()?;
     let q = query(&[
-        ("event_type", event_type),
+        ("type", event_type),
         ("limit", limit.map(|l| l.to_string())),
         ("cursor", cursor),
     ]);
