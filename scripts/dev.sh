@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs the platform locally: the stack, then the four services as processes, until Ctrl-C.
 # Logs go to .stack/logs/<service>.log; `scripts/stack.sh down` also stops them.
+#   scripts/dev.sh            in the foreground; Ctrl-C stops the services
+#   scripts/dev.sh --detach   return once the services are ready (harborctl dev up); stop them
+#                             with `scripts/stack.sh down` (harborctl dev down)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SERVICES=(ingest-gateway fanout-processor delivery-consumer retry-scheduler)
+DETACH=0
+[ "${1:-}" = --detach ] && DETACH=1
 
 scripts/stack.sh up
 # shellcheck disable=SC1091
@@ -31,12 +36,12 @@ stop_services() {
     fi
   done
 }
-trap stop_services INT TERM EXIT
+[ "$DETACH" = 1 ] || trap stop_services INT TERM EXIT
 
 for svc in "${SERVICES[@]}"; do
   f=.stack/services/$svc.pid
   if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill -TERM "$(cat "$f")"; sleep 1; fi
-  "target/debug/$svc" >".stack/logs/$svc.log" 2>&1 &
+  setsid "target/debug/$svc" >".stack/logs/$svc.log" 2>&1 </dev/null &
   echo $! >"$f"
 done
 
@@ -56,6 +61,10 @@ cat <<TXT
   database          $DATABASE_URL
   broker            $KAFKA_BOOTSTRAP
   operator CLI      target/debug/harborctl --help
-Press Ctrl-C to stop the services.
 TXT
+if [ "$DETACH" = 1 ]; then
+  echo "Stop with: harborctl dev down (or scripts/stack.sh down)"
+  exit 0
+fi
+echo "Press Ctrl-C to stop the services."
 wait

@@ -135,7 +135,7 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// The local development stack (PostgreSQL and the broker).
+    /// The local development stack (PostgreSQL, the broker and the services).
     Dev {
         #[command(subcommand)]
         command: DevCommand,
@@ -259,9 +259,10 @@ enum DlqCommand {
 
 #[derive(Subcommand)]
 enum DevCommand {
-    /// Start (or reuse) PostgreSQL and the broker, migrate, create topics.
+    /// Start (or reuse) PostgreSQL and the broker, migrate, create topics, start the four
+    /// services in the background and wait until they are ready.
     Up,
-    /// Stop what `up` started.
+    /// Stop the services and what `up` started of the stack.
     Down,
     /// What runs, where, and where its logs are.
     Status,

@@ -141,6 +141,12 @@ pub fn dev(action: &str) -> Result<(), crate::CliError> {
                 "run `harborctl dev` inside a Harborhook checkout",
             )
         })?;
+    // `up` starts the services too (detached); `down` stops them and the stack.
+    let (script, action) = if action == "up" {
+        (script.with_file_name("dev.sh"), "--detach")
+    } else {
+        (script, action)
+    };
     let status = std::process::Command::new("bash")
         .arg(&script)
         .arg(action)

@@ -519,3 +519,31 @@ async fn verify_signature_checks_like_a_receiver() -> anyhow::Result<()> {
     std::fs::remove_file(file)?;
     w.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_describe_reports_partitions_and_group_lag() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let v = w.json(&["topics", "describe"], &[]);
+    let topics = v["topics"].as_array().expect("topics");
+    assert_eq!(topics.len(), w.env.catalog().specs().len());
+    assert!(
+        topics
+            .iter()
+            .all(|t| t["exists"] == true && t["partitions"] == t["expected_partitions"])
+    );
+    let lag = v["consumer_lag"].as_array().expect("lag");
+    let events = w.env.catalog().events().to_owned();
+    let fanout = format!("{}fanout-processor", w.env.config.kafka.topic_prefix);
+    let on_events = lag
+        .iter()
+        .filter(|l| l["topic"] == events.as_str() && l["group"] == fanout.as_str())
+        .count();
+    assert_eq!(
+        on_events, 2,
+        "one row per events partition for the fan-out group"
+    );
+    let completions = w.run(&["completions", "bash"], &[]);
+    assert!(completions.status.success());
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("dlq"));
+    w.cleanup().await
+}

@@ -41,6 +41,16 @@ impl World {
             .env("HARBORHOOK_KAFKA__TOPIC_PREFIX", &c.kafka.topic_prefix)
             .env("RUST_LOG", "warn")
             .args(args);
+        let t = &c.topics;
+        for (key, n) in [
+            ("EVENTS", t.events_partitions),
+            ("DELIVERIES", t.deliveries_partitions),
+            ("RETRY", t.retry_partitions),
+            ("DLQ", t.dlq_partitions),
+            ("INVALID", t.invalid_partitions),
+        ] {
+            cmd.env(format!("HARBORHOOK_TOPICS__{key}_PARTITIONS"), n.to_string());
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }
