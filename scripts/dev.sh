@@ -22,11 +22,11 @@ mkdir -p .stack/services .stack/logs
 stop_services() {
   trap - INT TERM EXIT
   echo; echo "[dev] stopping the services (the stack keeps running; scripts/stack.sh down stops it)"
-  for svc in "${SERVICES[@]}"; do
+  for svc in "${SERVICES[@]}" receiver; do
     f=.stack/services/$svc.pid
     [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true
   done
-  for svc in "${SERVICES[@]}"; do
+  for svc in "${SERVICES[@]}" receiver; do
     f=.stack/services/$svc.pid
     if [ -f "$f" ]; then
       pid=$(cat "$f")
@@ -51,6 +51,37 @@ for addr in 127.0.0.1:8080 127.0.0.1:9101 127.0.0.1:9102 127.0.0.1:9103; do
   ready "$addr" || { echo "[dev] a service on $addr did not become ready; see .stack/logs/"; exit 1; }
 done
 
+# The demo: a receiver that verifies signatures, a tenant with an endpoint pointing at it and a
+# subscription to everything, and three events published through the API and seen delivered.
+CTL=target/debug/harborctl
+field() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
+demo() {
+  local secret op tenant ep n
+  secret="whsec_$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+  f=.stack/services/receiver.pid
+  if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill -TERM "$(cat "$f")"; sleep 0.5; fi
+  setsid "$CTL" receiver --listen 127.0.0.1:9200 --secret "$secret" >.stack/logs/receiver.log 2>&1 </dev/null &
+  echo $! >"$f"
+  op=$("$CTL" token issue --operator)
+  tenant=$(HARBORHOOK_TOKEN=$op "$CTL" --json tenants create --name demo | field id)
+  DEMO_TENANT=$tenant
+  DEMO_TOKEN=$("$CTL" token issue --tenant "$tenant" --ttl 24h)
+  export HARBORHOOK_TOKEN=$DEMO_TOKEN HARBORHOOK_TENANT=$tenant
+  ep=$("$CTL" --json endpoints create --url http://127.0.0.1:9200/webhooks --secret "$secret" \
+    --description "demo receiver" | field id)
+  "$CTL" subscriptions create --endpoint "$ep" --type '*' >/dev/null
+  for n in 1 2 3; do
+    "$CTL" events publish --type order.created --data "{\"order\": $n, \"total\": $((n * 42))}" >/dev/null
+  done
+  for _ in $(seq 150); do
+    [ "$(grep -c '\[receiver\] verified' .stack/logs/receiver.log)" -ge 3 ] && break
+    sleep 0.2
+  done
+  echo "[dev] demo: tenant $tenant, endpoint $ep -> http://127.0.0.1:9200/webhooks; the receiver got:"
+  grep '\[receiver\]' .stack/logs/receiver.log | sed 's/^/    /'
+}
+if [ -z "${HARBORHOOK_DEV_NO_DEMO:-}" ]; then demo; fi
+
 cat <<TXT
 [dev] Harborhook is running.
   gateway           http://127.0.0.1:8080   (healthz, readyz, metrics)
@@ -61,6 +92,16 @@ cat <<TXT
   database          $DATABASE_URL
   broker            $KAFKA_BOOTSTRAP
   operator CLI      target/debug/harborctl --help
+  demo receiver     http://127.0.0.1:9200   (log: .stack/logs/receiver.log)
+
+Continue with the demo tenant:
+  export HARBORHOOK_URL=http://127.0.0.1:8080 HARBORHOOK_TENANT=${DEMO_TENANT:-<tenant>}
+  export HARBORHOOK_TOKEN=${DEMO_TOKEN:-\$(target/debug/harborctl token issue --tenant <tenant>)}
+  target/debug/harborctl events publish --type invoice.paid --data '{"amount": 42}'
+  curl -sS -X POST "\$HARBORHOOK_URL/v1/tenants/\$HARBORHOOK_TENANT/events:publish" \\
+    -H "authorization: Bearer \$HARBORHOOK_TOKEN" -H 'content-type: application/json' \\
+    -d '{"event_type": "invoice.paid", "payload": {"amount": 42}}'
+  target/debug/harborctl dlq list; target/debug/harborctl topics describe
 TXT
 if [ "$DETACH" = 1 ]; then
   echo "Stop with: harborctl dev down (or scripts/stack.sh down)"

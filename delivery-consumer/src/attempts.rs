@@ -53,14 +53,16 @@ pub struct Writer {
 pub struct WriterGone;
 
 impl Writer {
-    /// Starts the writer task; it ends when every `Writer` clone is dropped.
+    /// Starts the writer task; it ends when every `Writer` clone is dropped, or once `stop`
+    /// is cancelled and the rows already handed over are written.
     pub fn spawn(
         pool: Pool,
         batch: usize,
         linger: Duration,
+        stop: tokio_util::sync::CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch * 4);
-        let task = tokio::spawn(run(pool, rx, batch, linger));
+        let task = tokio::spawn(run(pool, rx, batch, linger, stop));
         (Self { tx }, task)
     }
 
@@ -72,8 +74,26 @@ impl Writer {
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::Receiver<Item>, batch: usize, linger: Duration) {
-    while let Some(first) = rx.recv().await {
+async fn run(
+    pool: Pool,
+    mut rx: mpsc::Receiver<Item>,
+    batch: usize,
+    linger: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            item = rx.recv() => item,
+            // Refuse new rows, then write what was already handed over.
+            _ = stop.cancelled() => {
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else {
+            break;
+        };
         let mut items = vec![first];
         let deadline = tokio::time::Instant::now() + linger;
         while items.len() < batch {

@@ -66,8 +66,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         _ = ready_rx.wait_for(|ready| *ready) => {}
     }
 
-    let (writer, writer_task) =
-        attempts::Writer::spawn(foundation.pool.clone(), d.attempt_batch, d.attempt_linger);
+    let writer_stop = CancellationToken::new();
+    let (writer, writer_task) = attempts::Writer::spawn(
+        foundation.pool.clone(),
+        d.attempt_batch,
+        d.attempt_linger,
+        writer_stop.clone(),
+    );
     let tiers = foundation.catalog.retry_tiers().to_vec();
     let max_pause = tiers.last().map_or(Duration::from_secs(3600), |t| t.delay);
     let total: Duration = config.retry.schedule.iter().sum();
@@ -127,7 +132,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let worker = tokio::spawn(async move {
         dispatcher.run(shutdown).await;
-        // The writer ends when the last task holding it is done; give it a moment to flush.
+        // The dispatcher has drained: let the writer finish what it holds, briefly.
+        writer_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
     });
     Ok(ops.with_tasks(vec![maintain, lag, worker]))

@@ -195,11 +195,41 @@ fn urlencode(s: &str) -> String {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant (needs an operator token).
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    Get {
+        id: String,
+    },
+}
+
+pub async fn tenants(api: &Api, json: bool, cmd: TenantsCommand) -> Result<(), CliError> {
+    let v = match cmd {
+        TenantsCommand::Create { name } => {
+            api.call(Method::POST, "/v1/tenants", Some(json!({"name": name})))
+                .await?
+        }
+        TenantsCommand::Get { id } => {
+            api.call(Method::GET, &format!("/v1/tenants/{id}"), None)
+                .await?
+        }
+    };
+    emit(json, &v, block);
+    Ok(())
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum EndpointsCommand {
     /// Register an endpoint; prints its id and signing secret.
     Create {
         #[arg(long)]
         url: String,
+        /// Its signing secret (`whsec_…`); generated when omitted.
+        #[arg(long)]
+        secret: Option<String>,
         #[arg(long)]
         description: Option<String>,
         /// `standard_webhooks` (default) or `harborhook_legacy`.
@@ -274,6 +304,7 @@ pub async fn endpoints(api: &Api, json: bool, cmd: EndpointsCommand) -> Result<(
     match cmd {
         EndpointsCommand::Create {
             url,
+            secret,
             description,
             scheme,
             max_in_flight,
@@ -282,6 +313,7 @@ pub async fn endpoints(api: &Api, json: bool, cmd: EndpointsCommand) -> Result<(
         } => {
             let mut body = json!({"url": url, "headers": headers_object(&headers)?});
             for (k, v) in [
+                ("secret", secret.map(Value::from)),
                 ("description", description.map(Value::from)),
                 ("signature_scheme", scheme.map(Value::from)),
                 ("max_in_flight", max_in_flight.map(Value::from)),

@@ -11,6 +11,7 @@ mod api;
 mod dlq;
 mod output;
 mod produce;
+mod receiver;
 mod replay;
 mod stack;
 mod token;
@@ -155,6 +156,19 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         tolerance: Option<std::time::Duration>,
     },
+    /// Run a local webhook receiver that verifies signatures and logs what it gets.
+    Receiver {
+        #[arg(long, default_value = "127.0.0.1:9200")]
+        listen: std::net::SocketAddr,
+        /// The endpoint's secret (`whsec_…`).
+        #[arg(long)]
+        secret: String,
+    },
+    /// Tenants (operator token).
+    Tenants {
+        #[command(subcommand)]
+        command: api::TenantsCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -276,10 +290,8 @@ enum TokenCommand {
         keys_dir: std::path::PathBuf,
     },
     /// Print a token for a tenant, or with the operator scope.
+    /// The tenant it is bound to is the global `--tenant` (or `HARBORHOOK_TENANT`).
     Issue {
-        /// Tenant id (`ten_…`) the token is bound to.
-        #[arg(long)]
-        tenant: Option<shared::ids::TenantId>,
         /// Add the operator scope (act across tenants).
         #[arg(long)]
         operator: bool,
@@ -417,12 +429,20 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
         Command::Token { command } => Ok(match command {
             TokenCommand::Init { keys_dir } => token::init(&keys_dir, json),
             TokenCommand::Issue {
-                tenant,
                 operator,
                 ttl,
                 subject,
                 keys_dir,
-            } => token::issue(&config, &keys_dir, tenant, operator, ttl, &subject, json),
+            } => {
+                let tenant = cli
+                    .conn
+                    .tenant
+                    .as_deref()
+                    .map(str::parse::<shared::ids::TenantId>)
+                    .transpose()
+                    .map_err(|e| CliError::usage(format!("--tenant: {e}"), "pass a ten_… id"))?;
+                token::issue(&config, &keys_dir, tenant, operator, ttl, &subject, json)
+            }
         }?),
         Command::Dev { command } => stack::dev(match command {
             DevCommand::Up => "up",
@@ -443,6 +463,8 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
             })?;
             verify::verify(json, &secret, &headers, &body, tolerance)
         }
+        Command::Receiver { listen, secret } => receiver::run(listen, &secret, json).await,
+        Command::Tenants { command } => api::tenants(&api()?, json, command).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -486,6 +508,9 @@ mod tests {
             panic!("dlq list");
         };
         assert_eq!(filter.tenant_id.map(|x| x.to_string()), Some(t.clone()));
+        assert_eq!(cli.conn.tenant, Some(t.clone()));
+        let cli = Cli::try_parse_from(["harborctl", "token", "issue", "--tenant", &t])
+            .expect("token issue --tenant parses");
         assert_eq!(cli.conn.tenant, Some(t));
     }
 }

@@ -49,7 +49,10 @@ impl World {
             ("DLQ", t.dlq_partitions),
             ("INVALID", t.invalid_partitions),
         ] {
-            cmd.env(format!("HARBORHOOK_TOPICS__{key}_PARTITIONS"), n.to_string());
+            cmd.env(
+                format!("HARBORHOOK_TOPICS__{key}_PARTITIONS"),
+                n.to_string(),
+            );
         }
         for (k, v) in extra {
             cmd.env(k, v);
