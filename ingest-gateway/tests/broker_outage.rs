@@ -4,57 +4,12 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::App;
 use reqwest::Method;
 use serde_json::json;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn nisshi_binary() -> String {
-    let home = std::env::var("CARGO_HOME")
-        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-    let candidate = format!("{home}/bin/nisshi");
-    if std::path::Path::new(&candidate).exists() {
-        candidate
-    } else {
-        "nisshi".into()
-    }
-}
-
-/// A broker on `port` keeping its data in PostgreSQL database `db`, so that, like Kafka, it
-/// comes back from a restart with its topics, records and producer state.
-fn start_broker(port: u16, storage: &str) -> anyhow::Result<Child> {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(nisshi_binary())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args([
-            "--storage-engine",
-            storage,
-            "--group-initial-rebalance-delay",
-            "0s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nisshi did not start on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(child)
-}
+use shared::testing::{BrokerDb, BrokerGuard, free_port, start_broker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_means_503_then_recovery() -> anyhow::Result<()> {
@@ -131,57 +86,4 @@ async fn broker_down_means_503_then_recovery() -> anyhow::Result<()> {
     app.stop().await?;
     drop(restarted);
     storage.drop_db().await
-}
-
-/// A PostgreSQL database of the test's own for the broker's storage.
-struct BrokerDb {
-    name: String,
-    url: String,
-}
-
-impl BrokerDb {
-    fn admin_url() -> String {
-        let url = shared::testing::database_url();
-        let base = url.split('?').next().unwrap_or(&url);
-        let (server, _db) = base.rsplit_once('/').unwrap_or((base, ""));
-        format!("{server}/postgres")
-    }
-
-    async fn create() -> anyhow::Result<Self> {
-        let name = format!("hh_test_broker_{}", uuid::Uuid::now_v7().simple());
-        let (client, conn) =
-            tokio_postgres::connect(&Self::admin_url(), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await?;
-        let server = Self::admin_url().trim_end_matches("/postgres").to_owned();
-        Ok(Self {
-            url: format!("{server}/{name}?sslmode=disable"),
-            name,
-        })
-    }
-
-    async fn drop_db(self) -> anyhow::Result<()> {
-        let (client, conn) =
-            tokio_postgres::connect(&Self::admin_url(), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await?;
-        Ok(())
-    }
-}
-
-/// Kills the test's broker when the test ends, pass or fail.
-struct BrokerGuard(Child);
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

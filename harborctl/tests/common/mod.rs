@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod platform;
+
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -18,7 +20,13 @@ pub struct World {
 
 impl World {
     pub async fn new() -> anyhow::Result<Self> {
-        let env = TestEnv::new();
+        Self::new_with(|_| {}).await
+    }
+
+    /// A world whose configuration `configure` adjusted first.
+    pub async fn new_with(configure: impl FnOnce(&mut shared::Config)) -> anyhow::Result<Self> {
+        let mut env = TestEnv::new();
+        configure(&mut env.config);
         let pool = shared::db::pool(&env.config.database)?;
         shared::db::migrate(&pool, Some(&env.schema)).await?;
         let admin = shared::kafka::admin(&env.config.kafka, "test")?;

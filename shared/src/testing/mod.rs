@@ -2,6 +2,10 @@
 //! and consumer groups) against the real database and broker named by `DATABASE_URL` and
 //! `KAFKA_BOOTSTRAP`, and its cleanup. Enabled by the `test-support` feature.
 
+mod broker;
+
+pub use broker::{BrokerDb, BrokerGuard, TestDb, free_port, start_broker};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -85,14 +89,11 @@ impl TestEnv {
 
     /// A direct connection to the test's schema (for assertions on rows).
     pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
+        use secrecy::ExposeSecret as _;
+        let base = self.config.database.url.expose_secret();
         let url = format!(
-            "{}{}options=-csearch_path%3D{}",
-            database_url(),
-            if database_url().contains('?') {
-                "&"
-            } else {
-                "?"
-            },
+            "{base}{}options=-csearch_path%3D{}",
+            if base.contains('?') { "&" } else { "?" },
             self.schema
         );
         let (client, connection) = tokio_postgres::connect(&url, NoTls)
@@ -104,7 +105,9 @@ impl TestEnv {
 
     /// Drops the test's schema (for tests that use only PostgreSQL).
     pub async fn drop_schema(&self) -> anyhow::Result<()> {
-        let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
+        use secrecy::ExposeSecret as _;
+        let url = self.config.database.url.expose_secret();
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
             .context("connect")?;
         tokio::spawn(connection);

@@ -1,0 +1,123 @@
+//! A broker and databases of a test's own, for tests that stop and restart infrastructure
+//! (broker outage, chaos) without disturbing the tests running beside them.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::NoTls;
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn nisshi_binary() -> String {
+    let home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let candidate = format!("{home}/bin/nisshi");
+    if std::path::Path::new(&candidate).exists() {
+        candidate
+    } else {
+        "nisshi".into()
+    }
+}
+
+/// A nisshi broker on `port` keeping its data in PostgreSQL (`storage`, a [`TestDb`] URL), so
+/// that, like Kafka, it comes back from a restart with its topics, records, offsets and
+/// producer state.
+pub fn start_broker(port: u16, storage: &str) -> anyhow::Result<Child> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(nisshi_binary())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args([
+            "--storage-engine",
+            storage,
+            "--group-initial-rebalance-delay",
+            "0s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nisshi did not start on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// Kills the test's broker when the test ends, pass or fail.
+pub struct BrokerGuard(pub Child);
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A PostgreSQL database of the test's own (`hh_test_broker_*`, which the test script drops
+/// when a crashed run left one behind).
+pub struct BrokerDb {
+    pub name: String,
+    /// The database's URL (`?sslmode=disable`, as nisshi needs).
+    pub url: String,
+}
+
+/// The same database under another name, for the services of a chaos test.
+pub type TestDb = BrokerDb;
+
+impl BrokerDb {
+    fn admin_url() -> String {
+        let url = super::database_url();
+        let base = url.split('?').next().unwrap_or(&url);
+        let (server, _db) = base.rsplit_once('/').unwrap_or((base, ""));
+        format!("{server}/postgres")
+    }
+
+    pub async fn create() -> anyhow::Result<Self> {
+        let name = format!("hh_test_broker_{}", uuid::Uuid::now_v7().simple());
+        let (client, conn) = tokio_postgres::connect(&Self::admin_url(), NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let server = Self::admin_url().trim_end_matches("/postgres").to_owned();
+        Ok(Self {
+            url: format!("{server}/{name}?sslmode=disable"),
+            name,
+        })
+    }
+
+    /// Drops every connection to the database, as a PostgreSQL restart does to its clients.
+    pub async fn terminate_connections(&self) -> anyhow::Result<u64> {
+        let (client, conn) = tokio_postgres::connect(&Self::admin_url(), NoTls).await?;
+        tokio::spawn(conn);
+        let n = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&self.name],
+            )
+            .await?
+            .len();
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub async fn drop_db(self) -> anyhow::Result<()> {
+        let (client, conn) = tokio_postgres::connect(&Self::admin_url(), NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await?;
+        Ok(())
+    }
+}
