@@ -10,13 +10,17 @@ cd "$ROOT"
 SERVICES=(ingest-gateway fanout-processor delivery-consumer retry-scheduler)
 DETACH=0
 [ "${1:-}" = --detach ] && DETACH=1
+# HARBORHOOK_DEV_PROFILE=release runs optimised builds (for benchmarks: harborctl bench).
+PROFILE=${HARBORHOOK_DEV_PROFILE:-debug}
+BUILD_FLAGS=()
+[ "$PROFILE" = release ] && BUILD_FLAGS=(--release)
 
 scripts/stack.sh up
 # shellcheck disable=SC1091
 . .stack/env
 export HARBORHOOK_TELEMETRY__LOG_FORMAT=${HARBORHOOK_TELEMETRY__LOG_FORMAT:-json}
 echo "[dev] building the services"
-cargo build -q $(printf -- '-p %s ' "${SERVICES[@]}") -p harborctl
+cargo build -q "${BUILD_FLAGS[@]}" $(printf -- '-p %s ' "${SERVICES[@]}") -p harborctl
 
 mkdir -p .stack/services .stack/logs
 stop_services() {
@@ -41,7 +45,7 @@ stop_services() {
 for svc in "${SERVICES[@]}"; do
   f=.stack/services/$svc.pid
   if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill -TERM "$(cat "$f")"; sleep 1; fi
-  setsid "target/debug/$svc" >".stack/logs/$svc.log" 2>&1 </dev/null &
+  setsid "target/$PROFILE/$svc" >".stack/logs/$svc.log" 2>&1 </dev/null &
   echo $! >"$f"
 done
 
@@ -53,7 +57,7 @@ done
 
 # The demo: a receiver that verifies signatures, a tenant with an endpoint pointing at it and a
 # subscription to everything, and three events published through the API and seen delivered.
-CTL=target/debug/harborctl
+CTL=target/$PROFILE/harborctl
 field() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
 demo() {
   local secret op tenant ep n

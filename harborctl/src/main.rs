@@ -8,6 +8,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use shared::Config;
 
 mod api;
+mod bench;
 mod dlq;
 mod output;
 mod produce;
@@ -155,6 +156,11 @@ enum Command {
         /// Also require the timestamp within this much of now (e.g. `5m`).
         #[arg(long, value_parser = humantime::parse_duration)]
         tolerance: Option<std::time::Duration>,
+    },
+    /// Drive the running pipeline and measure it (operator token; see docs/performance.md).
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
     },
     /// Run a local webhook receiver that verifies signatures and logs what it gets.
     Receiver {
@@ -463,6 +469,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
             })?;
             verify::verify(json, &secret, &headers, &body, tolerance)
         }
+        Command::Bench { args } => bench::run(&api()?, json, args).await,
         Command::Receiver { listen, secret } => receiver::run(listen, &secret, json).await,
         Command::Tenants { command } => api::tenants(&api()?, json, command).await,
         Command::Completions { shell } => {
