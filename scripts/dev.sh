@@ -15,7 +15,15 @@ PROFILE=${HARBORHOOK_DEV_PROFILE:-debug}
 BUILD_FLAGS=()
 [ "$PROFILE" = release ] && BUILD_FLAGS=(--release)
 
+# Whether this run starts the broker or PostgreSQL: then Ctrl-C stops them too.
+started_here() { [ -f .stack/nisshi.pid ] && kill -0 "$(cat .stack/nisshi.pid)" 2>/dev/null; }
+had_broker=0; started_here && had_broker=1
+had_pg=0; [ -f .stack/pg.started ] && had_pg=1
 scripts/stack.sh up
+STOP_STACK=0
+if { [ "$had_broker" = 0 ] && started_here; } || { [ "$had_pg" = 0 ] && [ -f .stack/pg.started ]; }; then
+  STOP_STACK=1
+fi
 # shellcheck disable=SC1091
 . .stack/env
 export HARBORHOOK_TELEMETRY__LOG_FORMAT=${HARBORHOOK_TELEMETRY__LOG_FORMAT:-json}
@@ -25,7 +33,7 @@ cargo build -q "${BUILD_FLAGS[@]}" $(printf -- '-p %s ' "${SERVICES[@]}") -p har
 mkdir -p .stack/services .stack/logs
 stop_services() {
   trap - INT TERM EXIT
-  echo; echo "[dev] stopping the services (the stack keeps running; scripts/stack.sh down stops it)"
+  echo; echo "[dev] stopping the services"
   for svc in "${SERVICES[@]}" receiver; do
     f=.stack/services/$svc.pid
     [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true
@@ -39,6 +47,12 @@ stop_services() {
       rm -f "$f"
     fi
   done
+  if [ "$STOP_STACK" = 1 ]; then
+    echo "[dev] stopping the broker/PostgreSQL this run started"
+    scripts/stack.sh down
+  else
+    echo "[dev] the stack was already running before; it keeps running (scripts/stack.sh down stops it)"
+  fi
 }
 [ "$DETACH" = 1 ] || trap stop_services INT TERM EXIT
 

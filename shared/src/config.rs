@@ -420,9 +420,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // HARBORHOOK_STACK_* belong to the local stack scripts.
+        // HARBORHOOK_STACK_* and HARBORHOOK_DEV_* belong to the local stack scripts.
         let env = Env::prefixed(ENV_PREFIX)
-            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("stack_"))
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                !key.starts_with("stack_") && !key.starts_with("dev_")
+            })
             .split("__")
             .ignore(ENV_NOT_CONFIG);
         Ok(figment.merge(env))

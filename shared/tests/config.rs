@@ -92,6 +92,10 @@ fn variables_of_harborctl_are_not_configuration_keys() {
         jail.set_env("HARBORHOOK_URL", "http://127.0.0.1:8080");
         jail.set_env("HARBORHOOK_TOKEN", "abc");
         jail.set_env("HARBORHOOK_STACK_DB", "harborhook_test");
+        jail.set_env("HARBORHOOK_TENANT", "ten_x");
+        jail.set_env("HARBORHOOK_CLI_CONFIG", "/dev/null");
+        jail.set_env("HARBORHOOK_DEV_PROFILE", "release");
+        jail.set_env("HARBORHOOK_DEV_NO_DEMO", "1");
         load()?;
         Ok(())
     });
