@@ -1,9 +1,8 @@
 //! Chaos: under continuous load, SIGKILL each service in turn and restart it, restart the
-//! broker (nisshi with PostgreSQL storage, so its data survives, like Kafka) and cut every
-//! PostgreSQL connection of the services (what a database restart does to its clients). At the
-//! end every accepted event has been delivered to each subscribed endpoint, and every repeat
-//! carries its delivery's `webhook-id`. The broker and the database are the test's own, so the
-//! tests beside it are not disturbed. Runs alone with `cargo nextest run -p harborctl chaos`.
+//! broker (nisshi with PostgreSQL storage, so its data survives, like Kafka) and restart the
+//! services' PostgreSQL server. At the end every accepted event has been delivered to each
+//! subscribed endpoint, and every repeat carries its delivery's `webhook-id`. The broker and
+//! the PostgreSQL server are the test's own, so the tests beside it are not disturbed. Runs alone with `cargo nextest run -p harborctl chaos`.
 
 mod common;
 
@@ -16,16 +15,17 @@ use common::platform::{Platform, Receiver, SERVICES};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use shared::ids::{DeliveryId, EndpointId, EventId};
-use shared::testing::{BrokerDb, BrokerGuard, TestDb, free_port, start_broker};
+use shared::testing::{BrokerDb, BrokerGuard, PrivatePostgres, free_port, start_broker};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_event_survives_crashes_and_restarts() -> anyhow::Result<()> {
     let broker_db = BrokerDb::create().await?;
-    let services_db = TestDb::create().await?;
+    // The services' PostgreSQL is a server of the test's own, so it can be restarted.
+    let postgres = PrivatePostgres::start()?;
     let port = free_port()?;
     let mut broker = BrokerGuard(start_broker(port, &broker_db.url)?);
-    let db_url = services_db.url.clone();
+    let db_url = postgres.url();
     let world = World::new_with(|c| {
         c.kafka.bootstrap = format!("127.0.0.1:{port}");
         c.database.url = SecretString::from(db_url);
@@ -85,10 +85,9 @@ async fn every_accepted_event_survives_crashes_and_restarts() -> anyhow::Result<
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker = BrokerGuard(start_broker(port, &broker_db.url)?);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    eprintln!("chaos: cutting every PostgreSQL connection");
-    let cut = services_db.terminate_connections().await?;
-    anyhow::ensure!(cut > 0, "the services held no connections to cut");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    eprintln!("chaos: restarting PostgreSQL");
+    postgres.restart()?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     stop.cancel();
     load.await?;
 
@@ -151,6 +150,6 @@ async fn every_accepted_event_survives_crashes_and_restarts() -> anyhow::Result<
     drop(p);
     drop(broker);
     broker_db.drop_db().await?;
-    services_db.drop_db().await?;
+    drop(postgres);
     Ok(())
 }

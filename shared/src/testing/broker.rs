@@ -121,3 +121,121 @@ impl BrokerDb {
         Ok(())
     }
 }
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory, a free port), so a
+/// test can restart it. As root it runs as the unprivileged `harborhook` user (created if
+/// missing), as the stack script does.
+pub struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    root: bool,
+}
+
+impl PrivatePostgres {
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if self.root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "harborhook", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn run(&self, mut c: Command, what: &str) -> anyhow::Result<()> {
+        let out = c.stdout(Stdio::null()).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").is_file())
+            .max()
+            .ok_or_else(|| {
+                anyhow::anyhow!("no PostgreSQL server binaries under /usr/lib/postgresql")
+            })?;
+        let uid = Command::new("id").arg("-u").output()?;
+        let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir =
+            std::env::temp_dir().join(format!("hh-test-pg-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir)?;
+        if root {
+            // Exists already on a second run: the error is fine.
+            let _ = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "harborhook",
+                ])
+                .output();
+            let chown = Command::new("chown")
+                .arg("-R")
+                .arg("harborhook")
+                .arg(&dir)
+                .status()?;
+            anyhow::ensure!(chown.success(), "chown of {} failed", dir.display());
+        }
+        let pg = Self {
+            bin,
+            port: free_port()?,
+            dir,
+            root,
+        };
+        let mut initdb = pg.command("initdb");
+        initdb
+            .arg("-D")
+            .arg(pg.dir.join("data"))
+            .args(["-U", "postgres", "--auth=trust"]);
+        pg.run(initdb, "initdb")?;
+        pg.pg_ctl("start")?;
+        Ok(pg)
+    }
+
+    fn pg_ctl(&self, action: &str) -> anyhow::Result<()> {
+        let mut c = self.command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "60", "-m", "fast", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                self.port,
+                self.dir.display()
+            ))
+            .arg(action);
+        self.run(c, &format!("pg_ctl {action}"))
+    }
+
+    /// `postgres://…/postgres` on this server.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A fast shutdown and a start: every client connection is cut and refused meanwhile.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.pg_ctl("restart")
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let mut c = self.command("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"]);
+        let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

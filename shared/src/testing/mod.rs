@@ -4,7 +4,7 @@
 
 mod broker;
 
-pub use broker::{BrokerDb, BrokerGuard, TestDb, free_port, start_broker};
+pub use broker::{BrokerDb, BrokerGuard, PrivatePostgres, TestDb, free_port, start_broker};
 
 use std::net::SocketAddr;
 use std::time::Duration;
