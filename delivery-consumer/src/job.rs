@@ -234,6 +234,37 @@ impl Deps {
         Some(())
     }
 
+    /// Dead-letters a delivery no request was made for (its endpoint is gone, or it was
+    /// deferred past the horizon): the DLQ record and the row, concurrently.
+    async fn dead_letter_unattempted(
+        &self,
+        job: &Job,
+        reason: DeadLetterReason,
+        error: Option<(ErrorClass, String)>,
+    ) -> Option<()> {
+        let r = &job.record;
+        let (error_class, error) = error.unzip();
+        let row = Row {
+            delivery_id: r.delivery_id,
+            tenant_id: r.tenant_id,
+            endpoint_id: r.endpoint_id,
+            status: DeliveryStatus::DeadLettered,
+            attempt: None,
+            started_at: Utc::now(),
+            duration_ms: 0,
+            status_code: None,
+            error_class,
+            error,
+            excerpt: None,
+            dead_letter: Some((reason, self.source(job))),
+        };
+        let (a, b) = tokio::join!(
+            self.dead_letter(job, r.clone(), reason, None),
+            self.record(row)
+        );
+        a.and(b)
+    }
+
     fn source(&self, job: &Job) -> SourcePosition {
         SourcePosition {
             topic: self.deliveries_topic.clone(),
@@ -276,29 +307,14 @@ pub async fn defer(
         .as_ref()
         .map_or(job.record.occurred_at, |r| r.replayed_at);
     let durable = if Utc::now() - started > deps.horizon {
-        let r = &job.record;
-        let row = Row {
-            delivery_id: r.delivery_id,
-            tenant_id: r.tenant_id,
-            endpoint_id: r.endpoint_id,
-            status: DeliveryStatus::DeadLettered,
-            attempt: None,
-            started_at: Utc::now(),
-            duration_ms: 0,
-            status_code: None,
-            error_class: Some(ErrorClass::CircuitOpen),
-            error: Some(format!(
-                "deferred past the retry horizon ({})",
-                why.as_str()
-            )),
-            excerpt: None,
-            dead_letter: Some((DeadLetterReason::Exhausted, deps.source(&job))),
-        };
-        let (a, b) = tokio::join!(
-            deps.dead_letter(&job, r.clone(), DeadLetterReason::Exhausted, None),
-            deps.record(row)
-        );
-        a.and(b).is_some()
+        let error = format!("deferred past the retry horizon ({})", why.as_str());
+        deps.dead_letter_unattempted(
+            &job,
+            DeadLetterReason::Exhausted,
+            Some((ErrorClass::CircuitOpen, error)),
+        )
+        .await
+        .is_some()
     } else {
         let ok = deps
             .to_tier(&job, job.record.clone(), wanted)
@@ -406,27 +422,9 @@ pub fn pause(x: &Exchange) -> Option<Duration> {
 }
 
 async fn unavailable(deps: &Deps, job: &Job) -> Option<()> {
-    let r = &job.record;
     tracing::warn!("endpoint deleted or disabled; dead-lettering");
-    let row = Row {
-        delivery_id: r.delivery_id,
-        tenant_id: r.tenant_id,
-        endpoint_id: r.endpoint_id,
-        status: DeliveryStatus::DeadLettered,
-        attempt: None,
-        started_at: Utc::now(),
-        duration_ms: 0,
-        status_code: None,
-        error_class: None,
-        error: None,
-        excerpt: None,
-        dead_letter: Some((DeadLetterReason::EndpointUnavailable, deps.source(job))),
-    };
-    let (a, b) = tokio::join!(
-        deps.dead_letter(job, r.clone(), DeadLetterReason::EndpointUnavailable, None),
-        deps.record(row)
-    );
-    a.and(b)
+    deps.dead_letter_unattempted(job, DeadLetterReason::EndpointUnavailable, None)
+        .await
 }
 
 async fn attempt(
