@@ -4,6 +4,7 @@
 #   scripts/stack.sh up       idempotent: reuse what answers, install/start what does not
 #   scripts/stack.sh down     stop only what `up` started (and services `dev.sh` started)
 #   scripts/stack.sh status   what runs, where, and where its logs are
+#   scripts/stack.sh tools    kubectl, kubernetes-validate, Go and Node.js for the tests that need them
 #
 # `up` writes .stack/env (DATABASE_URL, KAFKA_BOOTSTRAP and the matching HARBORHOOK_* keys) for
 # the other scripts to source. Everything it creates lives under .stack/ (git-ignored).
@@ -201,9 +202,46 @@ status() {
   done
 }
 
+# --- Tools of the checks that are not Rust -----------------------------------------------------
+KUBERNETES_VALIDATE_VERSION=1.37.0
+
+# kubectl with its built-in `kustomize` (any version: the manifests render alike with Kustomize
+# v2.0.3, Debian's kubernetes-client, and v5), and kubernetes-validate (PyPI) in a venv of the
+# stack's own. Writes .stack/tools.env for scripts/test.sh.
+tools() {
+  mkdir -p "$STATE"
+  local kubectl
+  kubectl=$(command -v kubectl || true)
+  if [ -z "$kubectl" ] || ! "$kubectl" kustomize --help >/dev/null 2>&1; then
+    apt_install kubernetes-client
+    kubectl=$(command -v kubectl) || die "kubernetes-client installed but kubectl not found"
+  fi
+  # The receiver examples of docs/receiving-webhooks.md run in their own languages
+  # (shared/tests/receiver_examples.rs).
+  local missing=()
+  command -v go >/dev/null || missing+=(golang-go)
+  command -v node >/dev/null || missing+=(nodejs)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  local venv="$STATE/venv"
+  if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+    command -v python3 >/dev/null || apt_install python3
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
+    say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (log: $LOGS/pip.log)"
+    mkdir -p "$LOGS"
+    "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >"$LOGS/pip.log" 2>&1 ||
+      die "installing kubernetes-validate failed (log: $LOGS/pip.log)"
+  fi
+  cat >"$STATE/tools.env" <<ENV
+export HARBORHOOK_KUBECTL=$kubectl
+export HARBORHOOK_KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate
+ENV
+  say "deployment check tools: $kubectl ($("$kubectl" version --client 2>/dev/null | head -1)), kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  tools) tools ;;
+  *) echo "usage: $0 up|down|status|tools" >&2; exit 2 ;;
 esac

@@ -7,8 +7,11 @@ cd "$ROOT"
 # A database of the test run's own (recreated), so a development database migrated by another
 # branch cannot fail the tests, and the tests leave the development data alone.
 HARBORHOOK_STACK_DB=harborhook_test HARBORHOOK_STACK_FRESH_DB=1 scripts/stack.sh up
+scripts/stack.sh tools
 # shellcheck disable=SC1091
 . .stack/env
+# shellcheck disable=SC1091
+. .stack/tools.env
 # Schemas left by test runs that crashed before their cleanup.
 psql "$DATABASE_URL" -Atqc "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'hh\_test\_%'" |
   while read -r schema; do psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null; done

@@ -517,6 +517,7 @@ async fn settle(
                 deps.endpoints.disable(&deps.pool, &endpoint.id, &reason)
             })
             .await?;
+            deps.metrics.disabled.inc();
             tracing::warn!("endpoint answered 410 Gone; disabled");
             Some((delivery, DeadLetterReason::Gone))
         }

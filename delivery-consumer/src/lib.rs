@@ -28,7 +28,7 @@ use shared::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
-pub const NAME: &str = "delivery-consumer";
+pub const NAME: &str = shared::kafka::Principal::DeliveryConsumer.name();
 
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -95,9 +95,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     });
 
     let epoch = Arc::new(AtomicU64::new(0));
-    let group = shared::kafka::group_id(&config.kafka, NAME);
+    let access = shared::kafka::access(shared::kafka::Principal::DeliveryConsumer, &config);
+    let group = access.group_id();
     let consumer: rdkafka::consumer::StreamConsumer<dispatch::DeliveryContext> =
-        shared::kafka::consumer_config(&config.kafka, NAME, &group)
+        shared::kafka::consumer_config(&config.kafka, NAME, group)
             // Reading pauses at max_pending; librdkafka's own prefetch is bounded too.
             .set("queued.max.messages.kbytes", "16384")
             // A crash repeats what finished since the last commit, and here a repeat is an
@@ -106,7 +107,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .create_with_context(dispatch::DeliveryContext {
                 epoch: epoch.clone(),
             })?;
-    consumer.subscribe(&[foundation.catalog.deliveries()])?;
+    consumer.subscribe(&access.subscription())?;
     let consumer = Arc::new(consumer);
 
     let lag = tokio::spawn(report_lag(consumer.clone(), metrics, shutdown.clone()));

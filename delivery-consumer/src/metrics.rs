@@ -54,6 +54,7 @@ pub struct Metrics {
     pub pending: Gauge,
     pub circuits_open: Gauge,
     pub paused: Gauge,
+    pub disabled: Counter,
     pub lag: Family<Partition, Gauge>,
     pub malformed: Counter,
 }
@@ -70,6 +71,7 @@ impl Metrics {
             pending: Gauge::default(),
             circuits_open: Gauge::default(),
             paused: Gauge::default(),
+            disabled: Counter::default(),
             lag: Family::default(),
             malformed: Counter::default(),
         };
@@ -113,6 +115,11 @@ impl Metrics {
             "endpoints_paused",
             "Endpoints paused by Retry-After",
             m.paused.clone(),
+        );
+        registry.register(
+            "endpoints_disabled",
+            "Endpoints disabled because they answered 410 Gone",
+            m.disabled.clone(),
         );
         registry.register(
             "delivery_consumer_lag",

@@ -89,7 +89,7 @@ async fn next_batch(
 }
 
 pub async fn run(
-    consumer: StreamConsumer<CommitOnRevoke>,
+    consumer: std::sync::Arc<StreamConsumer<CommitOnRevoke>>,
     fanout: Fanout,
     settings: BatchSettings,
     shutdown: CancellationToken,
@@ -103,7 +103,7 @@ pub async fn run(
                     tracing::error!(error = %shared::error_chain(&e), records = batch.len(), "batch failed; retrying");
                     tokio::select! {
                         // Not stored: the batch is handled again after the restart.
-                        _ = shutdown.cancelled() => { commit(&consumer); return; }
+                        _ = shutdown.cancelled() => { commit(&*consumer); return; }
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -124,5 +124,5 @@ pub async fn run(
             }
         }
     }
-    commit(&consumer);
+    commit(&*consumer);
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch::INVALID_REASON_HEADER;
 
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
-pub const NAME: &str = "fanout-processor";
+pub const NAME: &str = shared::kafka::Principal::FanoutProcessor.name();
 
 /// Starts the service in the background and returns once it is listening and its cache is
 /// loaded.
@@ -50,7 +50,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         _ = ready_rx.wait_for(|ready| *ready) => {}
     }
 
-    let group = shared::kafka::group_id(&config.kafka, NAME);
+    let access = shared::kafka::access(shared::kafka::Principal::FanoutProcessor, &config);
+    let group = access.group_id().to_owned();
     let fanout = batch::Fanout {
         pool: foundation.pool.clone(),
         producer: foundation.producer.clone(),
@@ -67,7 +68,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let client_id = format!("{NAME}-{n}");
         let consumer =
             shared::kafka::consumer(&config.kafka, &client_id, &group, consume::CommitOnRevoke)?;
-        consumer.subscribe(&[foundation.catalog.events()])?;
+        consumer.subscribe(&access.subscription())?;
+        let consumer = std::sync::Arc::new(consumer);
+        tasks.push(tokio::spawn(report_lag(
+            consumer.clone(),
+            fanout.metrics.clone(),
+            shutdown.clone(),
+        )));
         let settings = consume::BatchSettings {
             max: config.fanout.max_batch,
             linger: config.fanout.batch_linger,
@@ -80,6 +87,33 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         )));
     }
     Ok(ops.with_tasks(tasks))
+}
+
+/// Publishes each assigned partition's lag every few seconds (`fanout_consumer_lag`): the
+/// events backlog an operator alerts on and KEDA's scaler sees from the broker side.
+async fn report_lag(
+    consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer<consume::CommitOnRevoke>>,
+    metrics: metrics::Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let c = consumer.clone();
+        let Ok(lags) = tokio::task::spawn_blocking(move || shared::kafka::partition_lag(&*c)).await
+        else {
+            continue;
+        };
+        for (_, partition, lag) in lags {
+            metrics
+                .lag
+                .get_or_create(&metrics::Partition { partition })
+                .set(lag);
+        }
+    }
 }
 
 /// Runs the service until `shutdown` is cancelled.

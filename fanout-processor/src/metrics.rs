@@ -1,16 +1,24 @@
 //! The fanout-processor's metrics (prefixed `harborhook_` by the registry):
 //! `fanout_events_total{outcome}` (fanned_out, no_subscribers, duplicate, invalid),
-//! `fanout_deliveries_total{status}` (pending, skipped), `fanout_batch_duration_seconds`.
+//! `fanout_deliveries_total{status}` (pending, skipped), `fanout_batch_duration_seconds`,
+//! `fanout_consumer_lag{partition}` (records not yet read from this instance's `events`
+//! partitions).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Partition {
+    pub partition: i32,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +31,7 @@ pub struct Metrics {
     events: Family<Outcome, Counter>,
     deliveries: Family<Status, Counter>,
     pub batch_seconds: Histogram,
+    pub lag: Family<Partition, Gauge>,
 }
 
 impl Metrics {
@@ -31,6 +40,7 @@ impl Metrics {
             events: Family::default(),
             deliveries: Family::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            lag: Family::default(),
         };
         registry.register(
             "fanout_events",
@@ -46,6 +56,11 @@ impl Metrics {
             "fanout_batch_duration_seconds",
             "Time to persist and emit one batch",
             m.batch_seconds.clone(),
+        );
+        registry.register(
+            "fanout_consumer_lag",
+            "Records not yet read from this instance's events partitions",
+            m.lag.clone(),
         );
         m
     }

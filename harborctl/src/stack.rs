@@ -113,6 +113,13 @@ pub fn check_config(config: &Config, json: bool) -> anyhow::Result<()> {
         "database": {"schema": config.database.schema, "pool_size": config.database.pool_size},
         "retry_tiers": tiers,
         "gateway": {"listen": config.gateway.listen.to_string()},
+        // What the Strimzi KafkaTopics and KafkaUsers must provide under this configuration
+        // (docs/deployment.md; harborctl/tests/deploy.rs compares them).
+        "topics": TopicCatalog::new(config).specs(),
+        "kafka_access": shared::kafka::Principal::ALL
+            .iter()
+            .map(|p| (p.name(), shared::kafka::access(*p, config)))
+            .collect::<std::collections::BTreeMap<_, _>>(),
     });
     if json {
         return print_json(&summary);

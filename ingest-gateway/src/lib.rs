@@ -28,7 +28,7 @@ pub use auth::JwksError;
 pub use routes::ROUTES;
 
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
-pub const NAME: &str = "ingest-gateway";
+pub const NAME: &str = shared::kafka::Principal::IngestGateway.name();
 
 /// The OpenAPI document this build serves at `/openapi.json`.
 pub fn openapi_document() -> &'static serde_json::Value {

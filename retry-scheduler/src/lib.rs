@@ -18,7 +18,7 @@ use shared::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
-pub const NAME: &str = "retry-scheduler";
+pub const NAME: &str = shared::kafka::Principal::RetryScheduler.name();
 
 /// Starts the service in the background and returns once it is listening.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServiceError> {
@@ -33,10 +33,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     )
     .await?;
     let generation = Arc::new(AtomicU64::new(0));
-    let group = shared::kafka::group_id(&config.kafka, NAME);
+    let access = shared::kafka::access(shared::kafka::Principal::RetryScheduler, &config);
+    let group = access.group_id();
     // A resumed partition's head record should arrive at once, not after a long-poll wait.
     let consumer: rdkafka::consumer::StreamConsumer<schedule::SchedulerContext> =
-        shared::kafka::consumer_config(&config.kafka, NAME, &group)
+        shared::kafka::consumer_config(&config.kafka, NAME, group)
             .set("fetch.wait.max.ms", "100")
             // Only each partition's head matters; a small prefetch keeps memory flat however
             // many retries are pending (docs/performance.md).
@@ -51,8 +52,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .iter()
         .map(|t| (t.topic.clone(), t.name.clone()))
         .collect();
-    let topics: Vec<&str> = tiers.keys().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
+    consumer.subscribe(&access.subscription())?;
     let scheduler = schedule::Scheduler {
         consumer,
         producer: foundation.producer.clone(),

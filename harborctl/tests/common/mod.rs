@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod manifests;
 pub mod platform;
 
 use std::process::{Command, Output};

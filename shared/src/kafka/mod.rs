@@ -16,10 +16,12 @@
 //! every partition is revoked and re-assigned, which keeps the revoke handling (drain, store,
 //! commit) one code path. docs/kafka.md says when to choose `cooperative-sticky`.
 
+mod access;
 mod headers;
 mod lag;
 mod topics;
 
+pub use access::{KafkaAccess, Principal, access, group_id};
 pub use headers::{TENANT_HEADER, TRACEPARENT_HEADER, extract_trace_context, trace_headers};
 pub use lag::partition_lag;
 pub use topics::{
@@ -103,9 +105,4 @@ pub fn admin(
     client_id: &str,
 ) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     client_config(config, client_id).create()
-}
-
-/// The consumer group of a service: the topic prefix keeps installations (and tests) apart.
-pub fn group_id(config: &KafkaConfig, service: &str) -> String {
-    format!("{}{service}", config.topic_prefix)
 }

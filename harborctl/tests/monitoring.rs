@@ -1,0 +1,220 @@
+//! Alerts and dashboards (deploy/monitoring/) against the running services: every metric an
+//! alert, a recording rule or a dashboard panel queries is one the four services register (read
+//! from their `/metrics`, started in-process against the real broker and PostgreSQL), every
+//! recording rule queried is defined, and every alert links a runbook that exists.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::World;
+use common::manifests::{kind, render, root, str_of};
+use serde_json::Value;
+use shared::jwt::DevKeys;
+use tokio_util::sync::CancellationToken;
+
+/// Sample names a scrape can return, from the `# TYPE` lines of an OpenMetrics exposition:
+/// a counter `x` is sampled as `x_total`, a histogram as `x_bucket`, `x_sum` and `x_count`.
+fn sample_names(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("#") || words.next() != Some("TYPE") {
+            continue;
+        }
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_sum", "_count", "_created"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    names
+}
+
+/// The metric and recording-rule names a PromQL expression mentions (ours only: `harborhook_`
+/// and `harborhook:`; `up` is Prometheus's own).
+fn referenced(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("harborhook_") || t.starts_with("harborhook:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `expr` string anywhere in a dashboard.
+fn dashboard_exprs(node: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    _ => dashboard_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| dashboard_exprs(v, out)),
+        _ => {}
+    }
+}
+
+async fn registered_metrics() -> anyhow::Result<BTreeSet<String>> {
+    let mut world = World::new().await?;
+    let keys_dir = std::env::temp_dir().join(format!("{}-keys", world.env.schema));
+    DevKeys::load_or_create(&keys_dir)?;
+    world.env.config.gateway.auth.jwks_file =
+        Some(shared::jwt::jwks_path(&keys_dir).display().to_string());
+    let config = world.env.config.clone();
+    let shutdown = CancellationToken::new();
+    let services = vec![
+        ingest_gateway::start(config.clone(), shutdown.clone()).await?,
+        fanout_processor::start(config.clone(), shutdown.clone()).await?,
+        delivery_consumer::start(config.clone(), shutdown.clone()).await?,
+        retry_scheduler::start(config.clone(), shutdown.clone()).await?,
+    ];
+    let http = reqwest::Client::new();
+    let mut names = BTreeSet::new();
+    for s in &services {
+        let text = http
+            .get(format!("http://{}/metrics", s.local_addr))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        names.extend(sample_names(&text));
+    }
+    shutdown.cancel();
+    for s in services {
+        s.wait().await?;
+    }
+    let _ = std::fs::remove_dir_all(&keys_dir);
+    world.cleanup().await?;
+    Ok(names)
+}
+
+#[test]
+fn the_name_readers_can_fail() {
+    let names = sample_names(
+        "# HELP harborhook_dlq x\n# TYPE harborhook_dlq counter\n# TYPE harborhook_lat histogram\n",
+    );
+    assert!(names.contains("harborhook_dlq_total") && names.contains("harborhook_lat_bucket"));
+    assert!(!names.contains("harborhook_dlq"));
+    let refs = referenced(
+        "sum(rate(harborhook_nope_total{a=\"b\"}[5m])) / harborhook:x:ratio_rate5m > up",
+    );
+    assert_eq!(
+        refs.into_iter().collect::<Vec<_>>(),
+        ["harborhook:x:ratio_rate5m", "harborhook_nope_total"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboards_query_only_registered_metrics() -> anyhow::Result<()> {
+    let registered = registered_metrics().await?;
+    // The metrics the alerts are about, by name: the scrape is not vacuous.
+    for m in [
+        "harborhook_deliveries_total",
+        "harborhook_dlq_total",
+        "harborhook_retry_lateness_seconds_bucket",
+        "harborhook_delivery_consumer_lag",
+        "harborhook_fanout_consumer_lag",
+        "harborhook_endpoint_circuits_open",
+        "harborhook_endpoints_disabled_total",
+        "harborhook_events_published_total",
+    ] {
+        assert!(registered.contains(m), "{m} not registered: {registered:?}");
+    }
+
+    let docs = render("production");
+    let rules = kind(&docs, "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    let mut recorded = BTreeSet::new();
+    let mut exprs = Vec::new();
+    let mut alerts = Vec::new();
+    for group in rules[0]["spec"]["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            if let Some(r) = rule["record"].as_str() {
+                recorded.insert(r.to_owned());
+            }
+            exprs.push((
+                format!("rule {}", rule["alert"]),
+                str_of(&rule["expr"]).to_owned(),
+            ));
+            if rule["alert"].is_string() {
+                alerts.push(rule);
+            }
+        }
+    }
+    let dashboards = kind(&docs, "ConfigMap")
+        .into_iter()
+        .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect::<Vec<_>>();
+    assert_eq!(
+        dashboards.len(),
+        5,
+        "overview, delivery, tenants, kafka, slo"
+    );
+    for cm in dashboards {
+        for (file, json) in cm["data"].as_object().expect("data") {
+            // The ConfigMap carries the committed file, byte for byte.
+            let committed =
+                std::fs::read_to_string(root().join("deploy/monitoring/dashboards").join(file))?;
+            assert_eq!(str_of(json), committed, "{file}");
+            let dashboard: Value = serde_json::from_str(str_of(json))?;
+            let mut found = Vec::new();
+            dashboard_exprs(&dashboard, &mut found);
+            assert!(found.len() >= 5, "{file}: {} queries", found.len());
+            exprs.extend(found.into_iter().map(|e| (file.clone(), e)));
+        }
+    }
+    let mut unknown = Vec::new();
+    for (at, expr) in &exprs {
+        for name in referenced(expr) {
+            let known = if name.contains(':') {
+                recorded.contains(&name)
+            } else {
+                registered.contains(&name)
+            };
+            if !known {
+                unknown.push(format!("{at}: {name}"));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "not registered or recorded: {unknown:#?}"
+    );
+
+    // Each alert links its runbook, which exists.
+    let required = [
+        "HarborhookDeliverySLOFastBurn",
+        "HarborhookDLQGrowth",
+        "HarborhookRetryLate",
+        "HarborhookDeliveryBacklog",
+        "HarborhookEndpointCircuitsOpen",
+        "HarborhookEndpointsDisabled",
+        "HarborhookServiceDown",
+    ];
+    let names: BTreeSet<&str> = alerts.iter().map(|a| str_of(&a["alert"])).collect();
+    for r in required {
+        assert!(names.contains(r), "missing alert {r}");
+    }
+    for alert in alerts {
+        let url = str_of(&alert["annotations"]["runbook_url"]);
+        let file = url
+            .split_once("/docs/operations/")
+            .map(|(_, f)| f)
+            .unwrap_or_else(|| panic!("{}: runbook_url {url:?}", alert["alert"]));
+        assert!(
+            root().join("docs/operations").join(file).is_file(),
+            "{}: runbook {file} does not exist",
+            alert["alert"]
+        );
+        assert!(alert["labels"]["severity"].is_string());
+    }
+    Ok(())
+}
