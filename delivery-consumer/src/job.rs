@@ -86,7 +86,9 @@ pub enum Deferral {
 }
 
 impl Deferral {
-    fn as_str(self) -> &'static str {
+    pub const ALL: [Self; 3] = [Self::Overflow, Self::Paused, Self::CircuitOpen];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Overflow => "overflow",
             Self::Paused => "paused",

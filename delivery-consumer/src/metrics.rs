@@ -131,6 +131,56 @@ impl Metrics {
             "Malformed records on deliveries, logged and skipped",
             m.malformed.clone(),
         );
+        m.init_label_sets();
         m
+    }
+
+    /// Every series of a closed label set exists from the start, at zero: a ratio such as the
+    /// delivery SLO (dead-lettered ÷ delivered) and `rate()` over the first increment work
+    /// without waiting for the first failure, and the scrape lists every metric the alerts use.
+    fn init_label_sets(&self) {
+        use shared::domain::{DeliveryStatus, ErrorClass};
+        use shared::records::DeadLetterReason;
+        let statuses = [
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Retrying,
+            DeliveryStatus::DeadLettered,
+        ];
+        for status in statuses
+            .map(DeliveryStatus::as_str)
+            .into_iter()
+            .chain(["deferred"])
+        {
+            drop(self.deliveries.get_or_create(&Status { status }));
+        }
+        for reason in [
+            DeadLetterReason::Exhausted,
+            DeadLetterReason::Gone,
+            DeadLetterReason::EndpointUnavailable,
+        ] {
+            drop(self.dlq.get_or_create(&Reason {
+                reason: reason.as_str(),
+            }));
+        }
+        let classes = [
+            ErrorClass::Timeout,
+            ErrorClass::Connect,
+            ErrorClass::Forbidden,
+            ErrorClass::Http5xx,
+            ErrorClass::Http4xx,
+            ErrorClass::RateLimited,
+            ErrorClass::Redirect,
+            ErrorClass::CircuitOpen,
+        ];
+        for reason in classes
+            .map(ErrorClass::as_str)
+            .into_iter()
+            .chain(crate::job::Deferral::ALL.map(crate::job::Deferral::as_str))
+        {
+            drop(self.retries.get_or_create(&Reason { reason }));
+        }
+        for result in ["2xx", "3xx", "4xx", "5xx", "error"] {
+            drop(self.http.get_or_create(&HttpResult { result }));
+        }
     }
 }

@@ -62,6 +62,14 @@ impl Metrics {
             "Records not yet read from this instance's events partitions",
             m.lag.clone(),
         );
+        // Every outcome and status exists from the start, at zero (rate() and ratios work
+        // before the first occurrence).
+        for outcome in ["fanned_out", "no_subscribers", "duplicate", "invalid"] {
+            drop(m.events.get_or_create(&Outcome { outcome }));
+        }
+        for status in ["pending", "skipped"] {
+            drop(m.deliveries.get_or_create(&Status { status }));
+        }
         m
     }
 

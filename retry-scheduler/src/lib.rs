@@ -52,6 +52,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .iter()
         .map(|t| (t.topic.clone(), t.name.clone()))
         .collect();
+    metrics.init_tiers(tiers.values());
     consumer.subscribe(&access.subscription())?;
     let scheduler = schedule::Scheduler {
         consumer,

@@ -65,4 +65,15 @@ impl Metrics {
         );
         m
     }
+
+    /// Every tier's series exist from the start, at zero: alerts and dashboards see each tier
+    /// before its first retry.
+    pub fn init_tiers<'a>(&self, tiers: impl IntoIterator<Item = &'a String>) {
+        for tier in tiers {
+            let t = Tier { tier: tier.clone() };
+            drop(self.reenqueued.get_or_create(&t));
+            drop(self.lateness.get_or_create(&t));
+            drop(self.malformed.get_or_create(&t));
+        }
+    }
 }
