@@ -1,7 +1,8 @@
 //! Alerts and dashboards (deploy/monitoring/) against the running services: every metric an
 //! alert, a recording rule or a dashboard panel queries is one the four services register (read
 //! from their `/metrics`, started in-process against the real broker and PostgreSQL), every
-//! recording rule queried is defined, and every alert links a runbook that exists.
+//! recording rule queried is defined, every query parses as PromQL (promql-parser: syntax and
+//! argument types), and every alert links a runbook that exists.
 
 mod common;
 
@@ -162,6 +163,10 @@ fn the_name_readers_can_fail() {
         refs.into_iter().collect::<Vec<_>>(),
         ["harborhook:x:ratio_rate5m", "harborhook_nope_total"]
     );
+    // The parser refuses what Prometheus would: a bad bracket, rate() of an instant vector.
+    assert!(promql_parser::parser::parse("sum(rate(x[5m])").is_err());
+    assert!(promql_parser::parser::parse("rate(x)").is_err());
+    assert!(promql_parser::parser::parse("sum by (le) (rate(x_bucket[5m]))").is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,6 +229,11 @@ async fn alerts_and_dashboards_query_only_registered_metrics() -> anyhow::Result
     }
     let mut unknown = Vec::new();
     for (at, expr) in &exprs {
+        // Syntax and types (a range vector where rate() wants one, and so on), as Prometheus
+        // would check them when loading the rules.
+        if let Err(e) = promql_parser::parser::parse(expr) {
+            unknown.push(format!("{at}: does not parse: {e}: {expr}"));
+        }
         for name in referenced(expr) {
             let known = if name.contains(':') {
                 recorded.contains(&name)
@@ -237,7 +247,7 @@ async fn alerts_and_dashboards_query_only_registered_metrics() -> anyhow::Result
     }
     assert!(
         unknown.is_empty(),
-        "not registered or recorded: {unknown:#?}"
+        "invalid, or not registered or recorded: {unknown:#?}"
     );
 
     // Each alert links its runbook, which exists.
