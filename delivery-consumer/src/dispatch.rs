@@ -332,8 +332,20 @@ impl Dispatcher {
                     lane.in_flight -= 1;
                     lane.observe(took);
                     match signal {
-                        Signal::Success => lane.circuit.success(),
-                        Signal::Failure => lane.circuit.failure(now, &self.settings.breaker),
+                        Signal::Success => {
+                            if lane.circuit.success() {
+                                tracing::info!(endpoint_id = %endpoint, "circuit closed: the probe succeeded");
+                            }
+                        }
+                        Signal::Failure => {
+                            if let Some(cooldown) =
+                                lane.circuit.failure(now, &self.settings.breaker)
+                            {
+                                // Once per opening, not per deferred record: the runbook's signal.
+                                tracing::warn!(endpoint_id = %endpoint, cooldown = ?cooldown,
+                                    "circuit opened: nothing is sent to this endpoint until a probe succeeds");
+                            }
+                        }
                         Signal::Pause(d) => {
                             lane.circuit.unprobe();
                             lane.paused_until = Some(now + d.min(self.settings.max_pause));

@@ -81,11 +81,17 @@ impl Circuit {
         }
     }
 
-    pub fn success(&mut self) {
+    /// Closes the circuit; true if it was open or probing (worth a log line).
+    pub fn success(&mut self) -> bool {
+        let was_open = !matches!(self, Self::Closed { .. });
         *self = Self::Closed { failures: 0 };
+        was_open
     }
 
-    pub fn failure(&mut self, now: Instant, b: &Breaker) {
+    /// Counts a failed attempt; returns the cool-down when this failure opened the circuit (or
+    /// re-opened it after a failed probe).
+    pub fn failure(&mut self, now: Instant, b: &Breaker) -> Option<Duration> {
+        let was_open = matches!(self, Self::Open { .. });
         *self = match *self {
             Self::Closed { failures } if failures + 1 >= b.threshold => Self::Open {
                 until: now + b.cooldown,
@@ -102,6 +108,10 @@ impl Circuit {
                 }
             }
         };
+        match *self {
+            Self::Open { cooldown, .. } if !was_open => Some(cooldown),
+            _ => None,
+        }
     }
 }
 
@@ -205,15 +215,16 @@ mod tests {
     fn opens_probes_and_closes() {
         let now = Instant::now();
         let mut c = Circuit::Closed { failures: 0 };
-        c.failure(now, &B);
-        c.failure(now, &B);
+        assert_eq!(c.failure(now, &B), None);
+        assert_eq!(c.failure(now, &B), None);
         assert_eq!(c.admit(now), Admission::Send);
-        c.failure(now, &B);
+        // The opening failure says so (one log line), later ones while open do not.
+        assert_eq!(c.failure(now, &B), Some(Duration::from_secs(1)));
         assert_eq!(c.admit(now), Admission::Defer(Duration::from_secs(1)));
         let later = now + Duration::from_secs(1);
         assert_eq!(c.admit(later), Admission::Probe);
         assert_eq!(c.admit(later), Admission::Wait);
-        c.failure(later, &B);
+        assert_eq!(c.failure(later, &B), Some(Duration::from_secs(2)));
         // Doubled cool-down after a failed probe.
         assert_eq!(c.admit(later), Admission::Defer(Duration::from_secs(2)));
         let after = later + Duration::from_secs(2);
@@ -222,8 +233,9 @@ mod tests {
         // Capped.
         assert_eq!(c.admit(after), Admission::Defer(Duration::from_secs(3)));
         assert_eq!(c.admit(after + Duration::from_secs(3)), Admission::Probe);
-        c.success();
+        assert!(c.success());
         assert_eq!(c, Circuit::Closed { failures: 0 });
+        assert!(!c.success());
         assert_eq!(c.admit(after), Admission::Send);
     }
 
