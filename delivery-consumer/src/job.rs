@@ -11,7 +11,7 @@ use rand::Rng as _;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::domain::{DeliveryStatus, Endpoint, ErrorClass};
-use shared::ids::EndpointId;
+use shared::ids::{EndpointId, TenantId};
 use shared::kafka::RetryTier;
 use shared::records::{
     AttemptSummary, DeadLetterReason, DeadLetterRecord, DeliveryRecord, RetryRecord, SchemaVersion,
@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use crate::attempts::{Row, Writer};
 use crate::endpoints::EndpointCache;
 use crate::http::{Exchange, Http};
-use crate::metrics::{HttpResult, Metrics, Reason, Status};
+use crate::metrics::{HttpResult, Metrics, Reason, Status, TenantStatus};
 
 /// A record read from `deliveries`, waiting in its endpoint's lane or being worked on.
 pub struct Job {
@@ -214,6 +214,7 @@ impl Deps {
         reason: DeadLetterReason,
         exchange: Option<&Exchange>,
     ) -> Option<()> {
+        let tenant = delivery.tenant_id;
         let record = DeadLetterRecord {
             schema_version: SchemaVersion::CURRENT,
             reason,
@@ -232,7 +233,7 @@ impl Deps {
                 reason: reason.as_str(),
             })
             .inc();
-        self.count(DeliveryStatus::DeadLettered);
+        self.count(DeliveryStatus::DeadLettered, &tenant);
         Some(())
     }
 
@@ -275,10 +276,17 @@ impl Deps {
         }
     }
 
-    fn count(&self, status: DeliveryStatus) {
+    fn count(&self, status: DeliveryStatus, tenant: &TenantId) {
         self.metrics
             .deliveries
             .get_or_create(&Status {
+                status: status.as_str(),
+            })
+            .inc();
+        self.metrics
+            .tenant_deliveries
+            .get_or_create(&TenantStatus {
+                tenant_id: tenant.to_string(),
                 status: status.as_str(),
             })
             .inc();
@@ -573,7 +581,7 @@ async fn settle(
     let (a, b) = tokio::join!(dead, deps.record(row));
     a.and(b)?;
     if status != DeliveryStatus::DeadLettered {
-        deps.count(status);
+        deps.count(status, &r.tenant_id);
     }
     Some(())
 }

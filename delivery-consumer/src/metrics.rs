@@ -3,8 +3,10 @@
 //! `delivery_latency_seconds` (event time to delivered, end to end),
 //! `http_delivery_duration_seconds{result}`, `retries_total{reason}`, `dlq_total{reason}`;
 //! plus `delivery_in_flight`, `delivery_pending`, `endpoint_circuits_open`,
-//! `endpoints_paused`, `delivery_consumer_lag{partition}` and `delivery_malformed_total`.
-//! No label names an endpoint or tenant: cardinality stays bounded whatever the tenants do.
+//! `endpoints_paused`, `endpoints_disabled_total`, `delivery_consumer_lag{partition}`,
+//! `delivery_malformed_total`, and `tenant_deliveries_total{tenant_id,status}` for the per-tenant
+//! dashboard. No label names an endpoint: cardinality is bounded by the number of tenants
+//! (as the gateway's `events_published_total{tenant_id}`), whatever the tenants' endpoints do.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,9 +45,18 @@ fn http_duration() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+/// A tenant's delivery outcomes: open-ended (one label set per tenant and status), bounded by
+/// the number of tenants, like the gateway's `events_published_total{tenant_id}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantStatus {
+    pub tenant_id: String,
+    pub status: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub deliveries: Family<Status, Counter>,
+    pub tenant_deliveries: Family<TenantStatus, Counter>,
     pub latency: Histogram,
     pub http: Family<HttpResult, Histogram, fn() -> Histogram>,
     pub retries: Family<Reason, Counter>,
@@ -63,6 +74,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             deliveries: Family::default(),
+            tenant_deliveries: Family::default(),
             latency: latency(),
             http: Family::new_with_constructor(http_duration),
             retries: Family::default(),
@@ -79,6 +91,11 @@ impl Metrics {
             "deliveries",
             "Delivery outcomes: delivered, retrying, dead_lettered, deferred",
             m.deliveries.clone(),
+        );
+        registry.register(
+            "tenant_deliveries",
+            "Delivery outcomes per tenant: delivered, retrying (a failed attempt), dead_lettered",
+            m.tenant_deliveries.clone(),
         );
         registry.register(
             "delivery_latency_seconds",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::World;
 use common::manifests::{kind, render, root, str_of};
+use common::platform::Receiver;
 use serde_json::{Value, json};
 use shared::jwt::{Claims, DevKeys};
 use tokio_util::sync::CancellationToken;
@@ -63,10 +64,11 @@ fn dashboard_exprs(node: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Families that have series only once something happened: a tenant published, partitions
-/// were assigned and their lag measured (every 5 s).
-const NEED_TRAFFIC: [&str; 5] = [
+/// Families that have series only once something happened: a tenant published, its event was
+/// delivered, partitions were assigned and their lag measured (every 5 s).
+const NEED_TRAFFIC: [&str; 6] = [
     "harborhook_events_published_total",
+    "harborhook_tenant_deliveries_total",
     "harborhook_http_request_duration_seconds_bucket",
     "harborhook_fanout_consumer_lag",
     "harborhook_delivery_consumer_lag",
@@ -115,6 +117,23 @@ async fn registered_metrics() -> anyhow::Result<BTreeSet<String>> {
         .await?;
     let tenant = str_of(&tenant["id"]).to_owned();
     let token = keys.issue(&claims(Some(tenant.parse()?), false))?;
+    // One delivery to a loopback receiver, for the per-tenant outcome counter.
+    let (_receiver, receiver_addr) = Receiver::start().await?;
+    let endpoint: Value = http
+        .post(format!("{api}/v1/tenants/{tenant}/endpoints"))
+        .bearer_auth(&token)
+        .json(&json!({"url": format!("http://{receiver_addr}/metrics-check")}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    http.post(format!("{api}/v1/tenants/{tenant}/subscriptions"))
+        .bearer_auth(&token)
+        .json(&json!({"endpoint_id": endpoint["id"], "event_type": "metrics.checked"}))
+        .send()
+        .await?
+        .error_for_status()?;
     http.post(format!("{api}/v1/tenants/{tenant}/events:publish"))
         .bearer_auth(&token)
         .json(&json!({"event_type": "metrics.checked", "payload": {}}))

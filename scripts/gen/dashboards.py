@@ -124,16 +124,27 @@ tenant_var = {"name": "tenant", "type": "query", "datasource": DS, "label": "Ten
               "query": {"query": "label_values(harborhook_events_published_total, tenant_id)", "refId": "tenants"},
               "definition": "label_values(harborhook_events_published_total, tenant_id)",
               "multi": True, "includeAll": True, "refresh": 2, "sort": 1}
+TENANT = '{tenant_id=~"$tenant"}'
 tenants = dashboard("harborhook-tenants", "Harborhook / Tenants",
-    "Per-tenant intake. Per-tenant delivery outcomes are in PostgreSQL (harborctl deliveries, "
-    "harborctl dlq list --tenant): delivery metrics carry no tenant label, to bound cardinality.", [
-    panel("Events accepted /s (selected)", [(rate("harborhook_events_published_total", sel='{tenant_id=~"$tenant"}'), "")], "ops", "stat"),
-    panel("Tenants publishing", [('count(sum by (tenant_id) (rate(harborhook_events_published_total[5m])) > 0)', "")], "short", "stat"),
+    "Per-tenant intake and delivery outcomes (harborhook_events_published_total and "
+    "harborhook_tenant_deliveries_total carry tenant_id). A single delivery's history: "
+    "harborctl deliveries / harborctl dlq list --tenant-id.", [
+    panel("Events accepted /s", [(rate("harborhook_events_published_total", sel=TENANT), "")], "ops", "stat"),
+    panel("Delivered /s", [(rate("harborhook_tenant_deliveries_total", sel='{tenant_id=~"$tenant",status="delivered"}'), "")], "ops", "stat"),
+    panel("Failed attempts /s", [(rate("harborhook_tenant_deliveries_total", sel='{tenant_id=~"$tenant",status="retrying"}'), "")], "ops", "stat"),
+    panel("Dead-lettered (24 h)", [('sum(increase(harborhook_tenant_deliveries_total{tenant_id=~"$tenant",status="dead_lettered"}[24h]))', "")], "short", "stat"),
     row("Intake"),
-    panel("Events accepted by tenant", [(rate("harborhook_events_published_total", "tenant_id", sel='{tenant_id=~"$tenant"}'), "{{tenant_id}}")], "ops", stack=True),
-    panel("Top 10 tenants (1h)", [('topk(10, sum by (tenant_id) (increase(harborhook_events_published_total[1h])))', "{{tenant_id}}")], "short"),
-    panel("Share of intake", [(f'{rate("harborhook_events_published_total", "tenant_id", sel=chr(123) + "tenant_id=~" + chr(34) + "$tenant" + chr(34) + chr(125))} / ignoring(tenant_id) group_left {rate("harborhook_events_published_total")}', "{{tenant_id}}")], "percentunit"),
-    panel("Rejected API requests (4xx, all tenants) by route", [(rate("harborhook_http_request_duration_seconds_count", "route", sel='{status_class="4xx"}'), "{{route}}")], "reqps"),
+    panel("Events accepted by tenant", [(rate("harborhook_events_published_total", "tenant_id", sel=TENANT), "{{tenant_id}}")], "ops", stack=True),
+    panel("Top 10 tenants by intake (1h)", [('topk(10, sum by (tenant_id) (increase(harborhook_events_published_total[1h])))', "{{tenant_id}}")], "short"),
+    row("Delivery"),
+    panel("Outcomes by tenant", [(rate("harborhook_tenant_deliveries_total", "tenant_id, status", sel=TENANT), "{{tenant_id}} {{status}}")], "ops"),
+    panel("Failed-attempt ratio by tenant", [(
+        'sum by (tenant_id) (rate(harborhook_tenant_deliveries_total{tenant_id=~"$tenant",status="retrying"}[15m]))'
+        ' / clamp_min(sum by (tenant_id) (rate(harborhook_tenant_deliveries_total{tenant_id=~"$tenant"}[15m])), 1e-9)',
+        "{{tenant_id}}")], "percentunit",
+        desc="Failed attempts over all attempts: a tenant whose receivers are failing stands out."),
+    panel("Top 10 tenants by dead letters (24h)", [('topk(10, sum by (tenant_id) (increase(harborhook_tenant_deliveries_total{status="dead_lettered"}[24h])))', "{{tenant_id}}")], "short"),
+    panel("Share of intake", [(f'{rate("harborhook_events_published_total", "tenant_id", sel=TENANT)} / ignoring(tenant_id) group_left {rate("harborhook_events_published_total")}', "{{tenant_id}}")], "percentunit"),
 ], [tenant_var])
 
 kafka = dashboard("harborhook-kafka", "Harborhook / Kafka lag and retry tiers",
