@@ -30,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 /// The service's name in logs, traces, Kafka client ids and consumer groups.
 pub const NAME: &str = shared::kafka::Principal::DeliveryConsumer.name();
 
-const LAG_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Starts the service in the background and returns once it is listening and its endpoint
 /// cache is loaded.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServiceError> {
@@ -110,7 +108,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     consumer.subscribe(&access.subscription())?;
     let consumer = Arc::new(consumer);
 
-    let lag = tokio::spawn(report_lag(consumer.clone(), metrics, shutdown.clone()));
+    let lag = tokio::spawn(shared::kafka::report_lag(
+        consumer.clone(),
+        shutdown.clone(),
+        move |partition, lag| {
+            metrics
+                .lag
+                .get_or_create(&metrics::Partition { partition })
+                .set(lag);
+        },
+    ));
     let dispatcher = dispatch::Dispatcher {
         consumer,
         topic: foundation.catalog.deliveries().to_owned(),
@@ -138,31 +145,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
     });
     Ok(ops.with_tasks(vec![maintain, lag, worker]))
-}
-
-async fn report_lag(
-    consumer: Arc<rdkafka::consumer::StreamConsumer<dispatch::DeliveryContext>>,
-    metrics: metrics::Metrics,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(LAG_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let c = consumer.clone();
-        let Ok(lags) = tokio::task::spawn_blocking(move || shared::kafka::partition_lag(&*c)).await
-        else {
-            continue;
-        };
-        for (_, partition, lag) in lags {
-            metrics
-                .lag
-                .get_or_create(&metrics::Partition { partition })
-                .set(lag);
-        }
-    }
 }
 
 /// Runs the service until `shutdown` is cancelled.

@@ -70,10 +70,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             shared::kafka::consumer(&config.kafka, &client_id, &group, consume::CommitOnRevoke)?;
         consumer.subscribe(&access.subscription())?;
         let consumer = std::sync::Arc::new(consumer);
-        tasks.push(tokio::spawn(report_lag(
+        let gauges = fanout.metrics.clone();
+        // The events backlog an operator alerts on (KEDA reads the same from the broker).
+        tasks.push(tokio::spawn(shared::kafka::report_lag(
             consumer.clone(),
-            fanout.metrics.clone(),
             shutdown.clone(),
+            move |partition, lag| {
+                gauges
+                    .lag
+                    .get_or_create(&metrics::Partition { partition })
+                    .set(lag);
+            },
         )));
         let settings = consume::BatchSettings {
             max: config.fanout.max_batch,
@@ -87,33 +94,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         )));
     }
     Ok(ops.with_tasks(tasks))
-}
-
-/// Publishes each assigned partition's lag every few seconds (`fanout_consumer_lag`): the
-/// events backlog an operator alerts on and KEDA's scaler sees from the broker side.
-async fn report_lag(
-    consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer<consume::CommitOnRevoke>>,
-    metrics: metrics::Metrics,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let c = consumer.clone();
-        let Ok(lags) = tokio::task::spawn_blocking(move || shared::kafka::partition_lag(&*c)).await
-        else {
-            continue;
-        };
-        for (_, partition, lag) in lags {
-            metrics
-                .lag
-                .get_or_create(&metrics::Partition { partition })
-                .set(lag);
-        }
-    }
 }
 
 /// Runs the service until `shutdown` is cancelled.

@@ -9,21 +9,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use shared::Config;
-use shared::kafka::{TopicCatalog, TopicKind};
+use shared::kafka::{Principal, TopicCatalog};
 
 use crate::CliError;
 use crate::output::{emit, table};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The service group that consumes a topic kind.
-fn group_of(kind: &TopicKind) -> Option<&'static str> {
-    match kind {
-        TopicKind::Events => Some("fanout-processor"),
-        TopicKind::Deliveries => Some("delivery-consumer"),
-        TopicKind::Retry => Some("retry-scheduler"),
-        _ => None,
-    }
+/// The service group that consumes `topic`, as `shared::kafka::access` declares it (the same
+/// declaration the services subscribe from and the KafkaUser ACLs are checked against).
+fn group_reading(config: &Config, topic: &str) -> Option<String> {
+    Principal::ALL
+        .into_iter()
+        .map(|p| shared::kafka::access(p, config))
+        .filter(|a| a.reads.iter().any(|t| t == topic))
+        .find_map(|a| a.group)
 }
 
 pub async fn describe(config: &Config, json: bool) -> Result<(), CliError> {
@@ -43,10 +43,9 @@ pub async fn describe(config: &Config, json: bool) -> Result<(), CliError> {
             "topic": spec.name, "partitions": partitions.len(), "expected_partitions": spec.partitions,
             "retention_ms": spec.retention_ms, "exists": !partitions.is_empty(),
         }));
-        let Some(service) = group_of(&spec.kind) else {
+        let Some(group) = group_reading(config, &spec.name) else {
             continue;
         };
-        let group = shared::kafka::group_id(&config.kafka, service);
         let member: BaseConsumer =
             shared::kafka::consumer_config(&config.kafka, "harborctl", &group).create()?;
         let mut tpl = TopicPartitionList::new();

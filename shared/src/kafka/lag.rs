@@ -31,3 +31,34 @@ pub fn partition_lag<X: ConsumerContext, C: Consumer<X>>(consumer: &C) -> Vec<(S
     }
     out
 }
+
+/// How often the services measure their lag: often enough for an alert and for KEDA's polling,
+/// rarely enough that the per-partition metadata round trips stay negligible.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Until `shutdown`: every [`LAG_INTERVAL`], measures `consumer`'s lag per assigned partition
+/// (off the async threads: [`partition_lag`] blocks) and hands each `(partition, lag)` to `set`,
+/// which writes the service's gauge.
+pub async fn report_lag<X, C>(
+    consumer: std::sync::Arc<C>,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut set: impl FnMut(i32, i64),
+) where
+    X: ConsumerContext,
+    C: Consumer<X> + Send + Sync + 'static,
+{
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let c = consumer.clone();
+        let Ok(lags) = tokio::task::spawn_blocking(move || partition_lag(&*c)).await else {
+            continue;
+        };
+        for (_, partition, lag) in lags {
+            set(partition, lag);
+        }
+    }
+}

@@ -23,7 +23,7 @@ mod topics;
 
 pub use access::{KafkaAccess, Principal, access, group_id};
 pub use headers::{TENANT_HEADER, TRACEPARENT_HEADER, extract_trace_context, trace_headers};
-pub use lag::partition_lag;
+pub use lag::{LAG_INTERVAL, partition_lag, report_lag};
 pub use topics::{
     EnsureReport, PartitionMismatch, RetryTier, TopicCatalog, TopicKind, TopicSpec, ensure_topics,
     tier_name,
