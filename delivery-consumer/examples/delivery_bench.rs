@@ -116,7 +116,7 @@ impl Setup {
         self.db
             .execute(
                 "WITH e AS (INSERT INTO events (id, tenant_id, event_type, payload, created_at)
-                   SELECT id, $2, 'bench.event', '{}'::jsonb, now() FROM UNNEST($1::uuid[]) id)
+                   SELECT id, $2, 'bench.event', '{}', now() FROM UNNEST($1::uuid[]) id)
                  INSERT INTO deliveries (id, tenant_id, event_id, endpoint_id, event_type)
                  SELECT d, $2, e, ep, 'bench.event'
                  FROM UNNEST($3::uuid[], $1::uuid[], $4::uuid[]) AS u(d, e, ep)",
@@ -134,10 +134,9 @@ impl Setup {
                 tenant_id: self.tenant,
                 endpoint_id: endpoint,
                 event_type: "bench.event".parse()?,
-                payload: json!({"sent_us": Utc::now().timestamp_micros(), "filler": filler})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
+                payload: shared::payload::Payload::from_value(
+                    &json!({"sent_us": Utc::now().timestamp_micros(), "filler": filler}),
+                ),
                 occurred_at: Utc::now(),
                 attempt: 1,
                 attempts: Vec::new(),

@@ -4,8 +4,17 @@
 //! offset may be stored (invariant 1: the outcome is recorded before the record is let go).
 //! The writer collects rows for up to `delivery.attempt_linger` or `delivery.attempt_batch`
 //! rows, writes them in one statement (UNNEST: one round trip, one transaction), and on a
-//! database error retries the same batch with backoff: tasks wait, pending records pile up to
-//! `delivery.max_pending`, and the consumer stops reading. Nothing is dropped.
+//! transient database error (unreachable, timeout) retries the same batch with backoff: tasks
+//! wait, pending records pile up to `delivery.max_pending`, and the consumer stops reading.
+//! Nothing is dropped.
+//!
+//! **A row PostgreSQL refuses** (a data or constraint error, `shared::db::permanent`) would
+//! fail the same way forever and stop every delivery behind it. Texts from receivers are made
+//! storable before they get here (NUL replaced, cut to size: shared::text), so this is the
+//! defence behind that: the batch is split in halves down to the row that fails alone; that row
+//! is written again without its texts (error, response excerpt), and if even that is refused it
+//! is logged and counted (`attempt_rows_skipped_total`) and its task acknowledged, so the rest
+//! proceed.
 //!
 //! Every real request is a row (a replay restarts the numbering, a crash may repeat an attempt:
 //! rows are told apart by start time); writing the same batch twice changes nothing (`ON
@@ -19,7 +28,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use shared::domain::{DeliveryStatus, ErrorClass};
 use shared::ids::{DeliveryId, EndpointId, TenantId};
+use shared::liveness::Heartbeat;
 use shared::records::{DeadLetterReason, SourcePosition};
+use shared::records::{ERROR_MAX, RESPONSE_EXCERPT_MAX};
 use tokio::sync::{mpsc, oneshot};
 
 /// One delivery's new state, with the attempt that led to it (none for a dead letter that was
@@ -43,6 +54,13 @@ pub struct Row {
 
 type Item = (Row, oneshot::Sender<()>);
 
+pub struct Settings {
+    pub batch: usize,
+    pub linger: Duration,
+    pub skipped: prometheus_client::metrics::counter::Counter,
+    pub heartbeat: Heartbeat,
+}
+
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Item>,
@@ -57,12 +75,11 @@ impl Writer {
     /// is cancelled and the rows already handed over are written.
     pub fn spawn(
         pool: Pool,
-        batch: usize,
-        linger: Duration,
+        settings: Settings,
         stop: tokio_util::sync::CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(batch * 4);
-        let task = tokio::spawn(run(pool, rx, batch, linger, stop));
+        let (tx, rx) = mpsc::channel(settings.batch * 4);
+        let task = tokio::spawn(run(pool, rx, settings, stop));
         (Self { tx }, task)
     }
 
@@ -77,11 +94,13 @@ impl Writer {
 async fn run(
     pool: Pool,
     mut rx: mpsc::Receiver<Item>,
-    batch: usize,
-    linger: Duration,
+    settings: Settings,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let hb = &settings.heartbeat;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
+        hb.busy(false);
         let first = tokio::select! {
             biased;
             item = rx.recv() => item,
@@ -90,34 +109,87 @@ async fn run(
                 rx.close();
                 rx.recv().await
             }
+            _ = tick.tick() => {
+                hb.ran();
+                continue;
+            }
         };
         let Some(first) = first else {
             break;
         };
+        hb.busy(true);
         let mut items = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while items.len() < batch {
+        let deadline = tokio::time::Instant::now() + settings.linger;
+        while items.len() < settings.batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(item)) => items.push(item),
                 _ => break,
             }
         }
         items.sort_by_key(|(row, _)| row.delivery_id);
+        let rows: Vec<Row> = items.iter().map(|(row, _)| row.clone()).collect();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match write(&pool, &items).await {
+            match write_isolating(&pool, &rows, &settings.skipped).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, rows = items.len(), "recording attempts failed; retrying");
+                    hb.ran();
+                    tracing::error!(error = %e, rows = rows.len(), "recording attempts failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+        hb.progressed();
         for (_, ack) in items {
             let _ = ack.send(());
         }
     }
+}
+
+/// Writes `rows`, isolating any row the database refuses (module docs); returns only transient
+/// errors.
+async fn write_isolating(
+    pool: &Pool,
+    rows: &[Row],
+    skipped: &prometheus_client::metrics::counter::Counter,
+) -> Result<(), String> {
+    match write(pool, rows).await {
+        Ok(()) => Ok(()),
+        Err(Failed::Transient(e)) => Err(e),
+        Err(Failed::Permanent(e)) => {
+            if let [row] = rows {
+                let stripped = Row {
+                    error: None,
+                    excerpt: None,
+                    ..row.clone()
+                };
+                return match write(pool, std::slice::from_ref(&stripped)).await {
+                    Ok(()) => {
+                        tracing::warn!(delivery_id = %row.delivery_id, error = %e,
+                            "attempt row refused; stored without its error and response texts");
+                        Ok(())
+                    }
+                    Err(Failed::Transient(t)) => Err(t),
+                    Err(Failed::Permanent(again)) => {
+                        skipped.inc();
+                        tracing::error!(delivery_id = %row.delivery_id, error = %again,
+                            "attempt row refused even stripped; skipped");
+                        Ok(())
+                    }
+                };
+            }
+            tracing::warn!(rows = rows.len(), error = %e, "an attempt row was refused; isolating it");
+            let (a, b) = rows.split_at(rows.len() / 2);
+            Box::pin(write_isolating(pool, a, skipped)).await?;
+            Box::pin(write_isolating(pool, b, skipped)).await
+        }
+    }
+}
+
+enum Failed {
+    Transient(String),
+    Permanent(String),
 }
 
 const SQL: &str = "
@@ -150,9 +222,12 @@ UPDATE deliveries d SET
 FROM input i
 WHERE d.id = i.delivery_id AND (d.status <> 'delivered' OR i.status = 'delivered')";
 
-async fn write(pool: &Pool, items: &[Item]) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| shared::error_chain(&e))?;
-    let rows = items.iter().map(|(r, _)| r);
+async fn write(pool: &Pool, rows: &[Row]) -> Result<(), Failed> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| Failed::Transient(shared::error_chain(&e)))?;
+    let rows = rows.iter();
     let ids: Vec<DeliveryId> = rows.clone().map(|r| r.delivery_id).collect();
     let tenants: Vec<TenantId> = rows.clone().map(|r| r.tenant_id).collect();
     let endpoints: Vec<EndpointId> = rows.clone().map(|r| r.endpoint_id).collect();
@@ -171,8 +246,16 @@ async fn write(pool: &Pool, items: &[Item]) -> Result<(), String> {
         .clone()
         .map(|r| r.error_class.map(ErrorClass::as_str))
         .collect();
-    let errors: Vec<Option<&str>> = rows.clone().map(|r| r.error.as_deref()).collect();
-    let excerpts: Vec<Option<&str>> = rows.clone().map(|r| r.excerpt.as_deref()).collect();
+    // Storable whatever a receiver or a transport said (NUL replaced, bounded).
+    let text = |t: &Option<String>, max: usize| {
+        t.as_deref()
+            .map(|t| shared::text::cut(&shared::text::storable(t), max).to_owned())
+    };
+    let errors: Vec<Option<String>> = rows.clone().map(|r| text(&r.error, ERROR_MAX)).collect();
+    let excerpts: Vec<Option<String>> = rows
+        .clone()
+        .map(|r| text(&r.excerpt, RESPONSE_EXCERPT_MAX))
+        .collect();
     let reasons: Vec<Option<&str>> = rows
         .clone()
         .map(|r| r.dead_letter.as_ref().map(|(reason, _)| reason.as_str()))
@@ -193,6 +276,12 @@ async fn write(pool: &Pool, items: &[Item]) -> Result<(), String> {
             ],
         )
         .await
-        .map_err(|e| shared::error_chain(&e))?;
+        .map_err(|e| {
+            if shared::db::permanent(&e) {
+                Failed::Permanent(shared::error_chain(&e))
+            } else {
+                Failed::Transient(shared::error_chain(&e))
+            }
+        })?;
     Ok(())
 }

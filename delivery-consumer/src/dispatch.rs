@@ -1,144 +1,135 @@
-//! The dispatcher: reads `deliveries`, routes each record to its endpoint's lane, starts the
-//! HTTP work as tasks, and releases offsets through the watermark.
+//! The dispatcher: reads `deliveries`, hands each record to the admission core (admission.rs)
+//! which decides what is sent, deferred or woken later, starts the HTTP work as tasks, and
+//! releases offsets through the watermark.
 //!
 //! **No head-of-line blocking.** The dispatcher never waits on an endpoint. A record goes into
-//! its endpoint's lane; a lane sends while it is under its in-flight cap (per endpoint, default
-//! 10), its rate limit and the global cap (`delivery.max_in_flight`), each send a task of its
-//! own. A slow endpoint therefore fills only its own lane: when its queue reaches
-//! `delivery.endpoint_queue`, or a new record would wait longer than `delivery.max_queue_wait`
-//! at the endpoint's recent pace, further records are deferred to the first retry tier without
-//! counting an attempt (durable, so their offsets move on). A paused (`Retry-After`) or open
-//! endpoint sends nothing and its records are deferred to the tier that covers the rest of the
-//! pause. Everything that waits is bounded: reading stops at `delivery.max_pending` records
-//! whose outcome is not yet durable, and resumes as they finish.
+//! its endpoint's lane; a lane sends while it is under its caps (its own, its share, its
+//! tenant's share, the global cap) and its rate limit, each send a task of its own. A slow
+//! endpoint therefore fills only its own lane, and what it cannot take in time is deferred to
+//! a retry tier without counting an attempt (durable, so its offsets move on). Everything that
+//! waits is bounded: reading stops at `delivery.max_pending` records whose outcome is not yet
+//! durable, and resumes as they finish; no endpoint or tenant holds more than its share.
 //!
 //! **Offsets.** See offsets.rs: records finish out of order, offsets are released in order.
 //!
-//! **Rebalance.** Partitions are revoked eagerly. The revoke callback (which runs inside this
-//! task's `recv`) commits what was stored and bumps the epoch; the dispatcher then forgets the
-//! watermarks and hands back the records still queued in lanes (the next owner reads them from
-//! the committed offset). Requests already in flight finish, but their offsets are no longer
-//! stored here: the next owner may send them again, with the same `webhook-id`.
+//! **Rebalance.** The revoke callback (which runs inside this task's `recv`) commits what was
+//! stored and records which partitions went (shared::kafka::rebalance). Right after every
+//! wake-up, before anything else is done, the dispatcher forgets those partitions: their
+//! watermarks, and the records still queued in lanes (the next owner reads them from the
+//! committed offset). So nothing of a revoked partition is sent after the revoke, and, under
+//! `cooperative-sticky`, the partitions that stay keep their queues and watermarks. Requests
+//! already in flight finish, but their offsets are no longer stored here (their partition's
+//! generation moved on): the next owner may send them again, with the same `webhook-id`.
 //!
 //! **Shutdown.** Reading stops, queued records are handed back, requests in flight get
 //! `delivery.drain_timeout` to finish and be recorded, then the stored offsets are committed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message as _};
 use shared::ids::EndpointId;
+use shared::kafka::{Generations, Rebalancing, commit};
+use shared::liveness::Heartbeat;
 use shared::records::DeliveryRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{self, Deferral, Deps, Event, Job, Signal};
-use crate::lanes::{Admission, Breaker, Circuit, Lane};
+use crate::admission::{Action, Core, EndpointLimits, Limits};
+use crate::job::{self, Deps, Event, Job};
 use crate::offsets::Watermarks;
-
-/// Commits on revoke and bumps the epoch so the dispatcher forgets the revoked partitions.
-pub struct DeliveryContext {
-    pub epoch: Arc<AtomicU64>,
-}
-
-impl ClientContext for DeliveryContext {}
-
-impl ConsumerContext for DeliveryContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(
-                partitions = partitions.count(),
-                "partitions revoked; committing"
-            );
-            commit(consumer);
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(consumer: &C) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "offset commit failed"),
-    }
-}
 
 pub struct Settings {
     pub max_pending: usize,
-    pub max_in_flight: usize,
-    pub endpoint_queue: usize,
-    pub max_queue_wait: Duration,
     pub drain_timeout: Duration,
-    /// The longest pause a `Retry-After` may impose (the largest tier's delay).
-    pub max_pause: Duration,
-    pub breaker: Breaker,
+    pub limits: Limits,
 }
 
 pub struct Dispatcher {
-    pub consumer: Arc<StreamConsumer<DeliveryContext>>,
+    pub consumer: Arc<StreamConsumer<Rebalancing>>,
     pub topic: String,
     pub deps: Arc<Deps>,
-    pub epoch: Arc<AtomicU64>,
     pub settings: Settings,
+    pub heartbeat: Heartbeat,
     /// Cancelled when the drain time is over: tasks still retrying give up.
     pub abandon: CancellationToken,
 }
 
 struct State {
-    lanes: HashMap<EndpointId, Lane>,
+    core: Core,
     marks: Watermarks,
+    generations: Generations,
     pending: usize,
-    in_flight: usize,
-    /// Lanes with work, blocked only by the global in-flight cap, in arrival order.
-    waiting: VecDeque<EndpointId>,
-    epoch: u64,
     tx: mpsc::Sender<Event>,
+}
+
+/// The endpoint cache, as the core sees it.
+struct Endpoints<'a>(&'a crate::endpoints::EndpointCache);
+
+impl crate::admission::Settings for Endpoints<'_> {
+    fn limits(&self, endpoint: &EndpointId) -> Option<EndpointLimits> {
+        self.0.get(endpoint).map(|e| EndpointLimits {
+            max_in_flight: e.max_in_flight,
+            rate: e.rate_limit_per_sec,
+        })
+    }
+}
+
+/// What woke the loop.
+enum Wake<'a> {
+    Shutdown,
+    Event(Option<Event>),
+    Message(rdkafka::error::KafkaResult<BorrowedMessage<'a>>),
+    Tick,
 }
 
 impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::channel(4096);
         let mut st = State {
-            lanes: HashMap::new(),
+            core: Core::new(self.settings.limits.clone()),
             marks: Watermarks::default(),
+            generations: Generations::default(),
             pending: 0,
-            in_flight: 0,
-            waiting: VecDeque::new(),
-            epoch: self.epoch.load(Ordering::SeqCst),
             tx,
         };
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
         loop {
             let can_read = st.pending < self.settings.max_pending;
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                ev = rx.recv() => if let Some(ev) = ev { self.on_event(&mut st, ev) },
-                m = self.consumer.recv(), if can_read => match m {
-                    Ok(m) => self.on_message(&mut st, &m),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = gauges.tick() => self.housekeeping(&mut st),
+                _ = shutdown.cancelled() => Wake::Shutdown,
+                ev = rx.recv() => Wake::Event(ev),
+                m = self.consumer.recv(), if can_read => Wake::Message(m),
+                _ = gauges.tick() => Wake::Tick,
+            };
+            // Before anything else: forget what a rebalance took away (module docs).
+            self.forget_revoked(&mut st);
+            // The loop's liveness is that it runs (a tick a second at least); how fast records
+            // finish is up to the endpoints, not a sign of a stuck loop.
+            self.heartbeat.ran();
+            match wake {
+                Wake::Shutdown => break,
+                Wake::Event(Some(ev)) => self.on_event(&mut st, ev),
+                Wake::Event(None) => {}
+                Wake::Message(Ok(m)) => self.on_message(&mut st, &m),
+                Wake::Message(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Wake::Tick => self.housekeeping(&mut st),
             }
         }
         self.drain(&mut st, &mut rx).await;
     }
 
     async fn drain(&self, st: &mut State, rx: &mut mpsc::Receiver<Event>) {
-        let handed_back = purge(st);
+        let handed_back = purge_queued(st);
         tracing::info!(
-            in_flight = st.in_flight,
+            in_flight = st.core.in_flight(),
             handed_back,
             "shutting down: finishing requests in flight"
         );
@@ -159,52 +150,68 @@ impl Dispatcher {
         commit(&*self.consumer);
     }
 
-    fn check_epoch(&self, st: &mut State) {
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        if epoch != st.epoch {
-            st.epoch = epoch;
-            st.marks.reset();
-            let handed_back = purge(st);
-            tracing::info!(handed_back, "rebalance: forgot revoked partitions");
+    fn forget_revoked(&self, st: &mut State) {
+        let revoked = self.consumer.context().take_revoked();
+        if revoked.is_empty() {
+            return;
         }
+        let revoked = st.generations.revoke(revoked);
+        let partitions: HashSet<i32> = revoked
+            .iter()
+            .filter(|(topic, _)| *topic == self.topic)
+            .map(|(_, p)| *p)
+            .collect();
+        for p in &partitions {
+            st.marks.forget(*p);
+        }
+        let handed_back = st.core.purge(&partitions);
+        st.pending -= handed_back;
+        tracing::info!(
+            partitions = partitions.len(),
+            handed_back,
+            "rebalance: forgot revoked partitions"
+        );
     }
 
     fn on_message(&self, st: &mut State, m: &BorrowedMessage<'_>) {
-        self.check_epoch(st);
         let (partition, offset) = (m.partition(), m.offset());
         st.marks.track(partition, offset);
         st.pending += 1;
+        let generation = st.generations.of(m.topic(), partition);
         let record: DeliveryRecord = match m.payload().map(serde_json::from_slice) {
             Some(Ok(r)) => r,
-            Some(Err(e)) => return self.skip(st, partition, offset, &e.to_string()),
-            None => return self.skip(st, partition, offset, "no payload"),
+            Some(Err(e)) => return self.skip(st, partition, offset, generation, &e.to_string()),
+            None => return self.skip(st, partition, offset, generation, "no payload"),
         };
         let job = Job {
-            record,
+            record: Arc::new(record),
             partition,
             offset,
-            epoch: st.epoch,
+            generation,
             headers: m.headers().map(|h| h.detach()),
+            sent_at: Instant::now(),
         };
-        self.admit(st, job);
+        let actions = st
+            .core
+            .admit(job, &Endpoints(&self.deps.endpoints), Instant::now());
+        self.execute(st, actions);
     }
 
     /// A malformed record is logged, counted and released: it never stalls the partition.
-    fn skip(&self, st: &mut State, partition: i32, offset: i64, why: &str) {
+    fn skip(&self, st: &mut State, partition: i32, offset: i64, generation: u64, why: &str) {
         tracing::error!(
             partition,
             offset,
             error = why,
             "malformed delivery record skipped"
         );
-        self.deps.metrics.malformed.inc();
-        let epoch = st.epoch;
-        self.finish(st, partition, offset, epoch, true);
+        self.deps.outcomes.metrics.malformed.inc();
+        self.finish(st, partition, offset, generation, true);
     }
 
-    fn finish(&self, st: &mut State, partition: i32, offset: i64, epoch: u64, durable: bool) {
+    fn finish(&self, st: &mut State, partition: i32, offset: i64, generation: u64, durable: bool) {
         st.pending -= 1;
-        if !durable || epoch != st.epoch {
+        if !durable || generation != st.generations.of(&self.topic, partition) {
             return;
         }
         if let Some(position) = st.marks.finish(partition, offset)
@@ -217,202 +224,90 @@ impl Dispatcher {
         }
     }
 
-    fn defer(&self, st: &State, job: Job, why: Deferral, wanted: Duration) {
-        tokio::spawn(job::defer(
-            self.deps.clone(),
-            job,
-            why,
-            wanted,
-            st.tx.clone(),
-        ));
-    }
-
-    fn admit(&self, st: &mut State, job: Job) {
-        let id = job.record.endpoint_id;
-        let now = Instant::now();
-        let lane = st.lanes.entry(id).or_default();
-        if let Some(until) = lane.paused_until.filter(|t| *t > now) {
-            return self.defer(st, job, Deferral::Paused, until - now);
-        }
-        if let Circuit::Open { until, .. } = lane.circuit
-            && until > now
-        {
-            return self.defer(st, job, Deferral::CircuitOpen, until - now);
-        }
-        // A lane is over its bound when its queue is full, or when a new record would wait
-        // longer than `max_queue_wait` at the endpoint's recent pace (a slow endpoint); a
-        // fast endpoint's deep queue drains in time and is not deferred.
-        if !lane.waiting_global && !lane.queue.is_empty() {
-            let endpoint = self.deps.endpoints.get(&id);
-            let cap = endpoint.as_ref().map_or(1, |e| e.max_in_flight);
-            let rate = endpoint.as_ref().and_then(|e| e.rate_limit_per_sec);
-            if lane.queue.len() >= self.settings.endpoint_queue
-                || lane.expected_wait(cap, rate) > self.settings.max_queue_wait
-            {
-                return self.defer(st, job, Deferral::Overflow, Duration::ZERO);
-            }
-        }
-        lane.queue.push_back(job);
-        self.pump(st, id);
-    }
-
-    /// Starts as many of the lane's records as its state allows.
-    fn pump(&self, st: &mut State, id: EndpointId) {
-        let endpoint = self.deps.endpoints.get(&id);
-        // Until the endpoint is loaded (by the first task), one at a time.
-        let cap = endpoint.as_ref().map_or(1, |e| e.max_in_flight.max(1));
-        let rate = endpoint.as_ref().and_then(|e| e.rate_limit_per_sec);
-        loop {
-            let now = Instant::now();
-            let Some(lane) = st.lanes.get_mut(&id) else {
-                return;
-            };
-            if lane.queue.is_empty() || lane.in_flight >= cap {
-                return;
-            }
-            if let Some(until) = lane.paused_until.filter(|t| *t > now) {
-                let jobs: Vec<Job> = lane.queue.drain(..).collect();
-                for job in jobs {
-                    self.defer(st, job, Deferral::Paused, until - now);
+    /// Carries out the core's decisions; every task is guarded (job.rs) so that a panic in one
+    /// record's work frees its slot and quarantines the record instead of leaking both.
+    fn execute(&self, st: &State, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send(job) => {
+                    tokio::spawn(job::guarded(
+                        self.deps.clone(),
+                        job,
+                        st.tx.clone(),
+                        job::Work::Deliver,
+                    ));
                 }
-                return;
-            }
-            if st.in_flight >= self.settings.max_in_flight {
-                if !lane.waiting_global {
-                    lane.waiting_global = true;
-                    st.waiting.push_back(id);
+                Action::Defer { job, why, wanted } => {
+                    tokio::spawn(job::guarded(
+                        self.deps.clone(),
+                        job,
+                        st.tx.clone(),
+                        job::Work::Defer(why, wanted),
+                    ));
                 }
-                return;
-            }
-            let admission = lane.circuit.admit(now);
-            match admission {
-                Admission::Defer(rest) => {
-                    let jobs: Vec<Job> = lane.queue.drain(..).collect();
-                    for job in jobs {
-                        self.defer(st, job, Deferral::CircuitOpen, rest);
-                    }
-                    return;
-                }
-                Admission::Wait => return,
-                Admission::Send | Admission::Probe => {}
-            }
-            if let Err(wait) = lane.take_token(rate) {
-                if admission == Admission::Probe {
-                    lane.circuit.unprobe();
-                }
-                if !lane.wake_pending {
-                    lane.wake_pending = true;
+                Action::Wake { endpoint, after } => {
                     let tx = st.tx.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        let _ = tx.send(Event::Wake(id)).await;
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(Event::Wake(endpoint)).await;
                     });
                 }
-                return;
             }
-            let Some(job) = lane.queue.pop_front() else {
-                return;
-            };
-            lane.in_flight += 1;
-            st.in_flight += 1;
-            tokio::spawn(job::deliver(self.deps.clone(), job, st.tx.clone()));
         }
     }
 
     fn on_event(&self, st: &mut State, ev: Event) {
+        let endpoints = Endpoints(&self.deps.endpoints);
         match ev {
             Event::Sent {
                 endpoint,
+                tenant,
                 signal,
+                started,
                 took,
             } => {
-                st.in_flight -= 1;
-                let now = Instant::now();
-                if let Some(lane) = st.lanes.get_mut(&endpoint) {
-                    lane.in_flight -= 1;
-                    lane.observe(took);
-                    match signal {
-                        Signal::Success => {
-                            if lane.circuit.success() {
-                                tracing::info!(endpoint_id = %endpoint, "circuit closed: the probe succeeded");
-                            }
-                        }
-                        Signal::Failure => {
-                            if let Some(cooldown) =
-                                lane.circuit.failure(now, &self.settings.breaker)
-                            {
-                                // Once per opening, not per deferred record: the runbook's signal.
-                                tracing::warn!(endpoint_id = %endpoint, cooldown = ?cooldown,
-                                    "circuit opened: nothing is sent to this endpoint until a probe succeeds");
-                            }
-                        }
-                        Signal::Pause(d) => {
-                            lane.circuit.unprobe();
-                            lane.paused_until = Some(now + d.min(self.settings.max_pause));
-                        }
-                        Signal::Nothing => lane.circuit.unprobe(),
-                    }
-                }
-                self.pump(st, endpoint);
-                while st.in_flight < self.settings.max_in_flight {
-                    let Some(next) = st.waiting.pop_front() else {
-                        break;
-                    };
-                    if let Some(lane) = st.lanes.get_mut(&next) {
-                        lane.waiting_global = false;
-                    }
-                    self.pump(st, next);
-                }
+                let actions = st.core.sent(
+                    endpoint,
+                    tenant,
+                    signal,
+                    started,
+                    took,
+                    &endpoints,
+                    Instant::now(),
+                );
+                self.execute(st, actions);
             }
             Event::Done {
                 partition,
                 offset,
-                epoch,
+                generation,
                 durable,
-            } => self.finish(st, partition, offset, epoch, durable),
+            } => self.finish(st, partition, offset, generation, durable),
             Event::Wake(id) => {
-                if let Some(lane) = st.lanes.get_mut(&id) {
-                    lane.wake_pending = false;
-                }
-                self.pump(st, id);
+                let actions = st.core.wake(id, &endpoints, Instant::now());
+                self.execute(st, actions);
             }
         }
     }
 
     fn housekeeping(&self, st: &mut State) {
-        let now = Instant::now();
-        let (mut paused, mut open) = (0i64, 0i64);
-        for lane in st.lanes.values_mut() {
-            if lane.paused_until.is_some_and(|t| t > now) {
-                paused += 1;
-            } else if lane.paused_until.is_some() {
-                lane.paused_until = None;
-            }
-            if lane.circuit.is_open() {
-                open += 1;
-            }
-        }
-        st.lanes
-            .retain(|_, lane| !lane.idle(now) || lane.wake_pending);
-        let m = &self.deps.metrics;
+        let (paused, open) = st.core.housekeeping(Instant::now());
+        let m = &self.deps.outcomes.metrics;
         m.paused.set(paused);
         m.circuits_open.set(open);
         m.pending.set(i64::try_from(st.pending).unwrap_or(i64::MAX));
     }
 }
 
-/// Drops every queued (not started) record: not stored, so it is read again by whoever owns
-/// its partition next. Returns how many.
-fn purge(st: &mut State) -> usize {
-    let mut n = 0;
-    for lane in st.lanes.values_mut() {
-        n += lane.queue.len();
-        lane.queue.clear();
-    }
-    st.waiting.clear();
-    for lane in st.lanes.values_mut() {
-        lane.waiting_global = false;
-    }
+/// Drops every queued record (shutdown): not stored, so read again by the next owner.
+fn purge_queued(st: &mut State) -> usize {
+    let partitions: HashSet<i32> = st
+        .core
+        .lanes
+        .values()
+        .flat_map(|l| l.queue.iter().map(|j| j.partition))
+        .collect();
+    let n = st.core.purge(&partitions);
     st.pending -= n;
     n
 }

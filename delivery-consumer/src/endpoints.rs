@@ -1,7 +1,9 @@
 //! The endpoint cache: URL, secrets, scheme, caps and timeouts of every endpoint, in memory so
 //! a delivery makes no PostgreSQL query. Kept fresh by `shared::config_watch` (a change through
 //! the API, including a secret rotation, is seen within milliseconds); an endpoint missing from
-//! the cache (created a moment ago) is loaded on first use.
+//! the cache (created a moment ago) is loaded on first use. Every load, and this process's own
+//! change (a 410 disables the endpoint), is applied through `shared::versioned`: an older load
+//! finishing later never overwrites newer data.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -9,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use deadpool_postgres::Pool;
 use shared::domain::{Endpoint, EndpointSecret};
 use shared::ids::{EndpointId, TenantId};
+use shared::versioned::{Scope, Stamps, Versioned};
 use tokio_postgres::GenericClient;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,11 +22,19 @@ pub enum LoadError {
     Pool(#[from] deadpool_postgres::PoolError),
 }
 
-type Map = HashMap<EndpointId, Arc<Endpoint>>;
+type Map = Versioned<EndpointId, Arc<Endpoint>>;
 
 #[derive(Clone, Default)]
 pub struct EndpointCache {
     current: Arc<RwLock<Arc<Map>>>,
+    stamps: Arc<Stamps>,
+}
+
+fn entries(endpoints: Vec<Endpoint>) -> Vec<(EndpointId, TenantId, Arc<Endpoint>)> {
+    endpoints
+        .into_iter()
+        .map(|e| (e.id, e.tenant_id, Arc::new(e)))
+        .collect()
 }
 
 const ENDPOINTS_SQL: &str = "SELECT id, tenant_id, url, description, signature_scheme, enabled,
@@ -115,6 +126,7 @@ impl EndpointCache {
         if let Some(e) = self.get(id) {
             return Ok(Some(e));
         }
+        let stamp = self.stamps.take();
         let client = pool.get().await?;
         let rows = client
             .query(&format!("{ENDPOINTS_SQL} WHERE e.id = $1"), &[id])
@@ -122,15 +134,12 @@ impl EndpointCache {
         let secrets = client
             .query(&format!("{SECRETS_SQL} WHERE e.id = $1"), &[id])
             .await?;
-        let Some(endpoint) = build(&rows, &secrets).pop() else {
-            return Ok(None);
-        };
-        let endpoint = Arc::new(endpoint);
-        let stored = endpoint.clone();
+        let fresh = entries(build(&rows, &secrets));
+        let found = fresh.first().map(|(_, _, e)| e.clone());
         self.update(|m| {
-            m.insert(stored.id, stored);
+            m.apply(stamp, Scope::One(*id), fresh);
         });
-        Ok(Some(endpoint))
+        Ok(found)
     }
 
     /// Disables an endpoint that answered 410 Gone (the API shows the reason; re-enabling it
@@ -149,29 +158,28 @@ impl EndpointCache {
                 &[id, &reason],
             )
             .await?;
+        // As new as a load starting now: loads that started before the update cannot undo it.
+        let stamp = self.stamps.take();
         self.update(|m| {
             if let Some(e) = m.get(id) {
                 let mut e = Endpoint::clone(e);
                 e.enabled = false;
                 e.disabled_reason = Some(reason.to_owned());
-                m.insert(*id, Arc::new(e));
+                m.set(stamp, *id, e.tenant_id, Arc::new(e));
             }
         });
         Ok(())
     }
 
     async fn load_all(&self, client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+        let stamp = self.stamps.take();
         let rows = client.query(ENDPOINTS_SQL, &[]).await?;
         let secrets = client.query(SECRETS_SQL, &[]).await?;
-        let next: Map = build(&rows, &secrets)
-            .into_iter()
-            .map(|e| (e.id, Arc::new(e)))
-            .collect();
-        tracing::debug!(endpoints = next.len(), "endpoint cache reloaded");
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        let fresh = entries(build(&rows, &secrets));
+        tracing::debug!(endpoints = fresh.len(), "endpoint cache reloaded");
+        self.update(|m| {
+            m.apply(stamp, Scope::All, fresh);
+        });
         Ok(())
     }
 
@@ -180,6 +188,7 @@ impl EndpointCache {
         client: &impl GenericClient,
         tenant: &TenantId,
     ) -> Result<(), tokio_postgres::Error> {
+        let stamp = self.stamps.take();
         let rows = client
             .query(
                 &format!("{ENDPOINTS_SQL} WHERE e.tenant_id = $1"),
@@ -189,12 +198,9 @@ impl EndpointCache {
         let secrets = client
             .query(&format!("{SECRETS_SQL} WHERE e.tenant_id = $1"), &[tenant])
             .await?;
-        let fresh = build(&rows, &secrets);
+        let fresh = entries(build(&rows, &secrets));
         self.update(|m| {
-            m.retain(|_, e| e.tenant_id != *tenant);
-            for e in fresh {
-                m.insert(e.id, Arc::new(e));
-            }
+            m.apply(stamp, Scope::Tenant(*tenant), fresh);
         });
         Ok(())
     }

@@ -102,7 +102,10 @@ impl Http {
         let failed = |class, error: String| Exchange {
             status: None,
             error_class: Some(class),
-            error: Some(error),
+            error: Some(
+                shared::text::cut(&shared::text::storable(&error), shared::records::ERROR_MAX)
+                    .to_owned(),
+            ),
             retry_after: None,
             excerpt: None,
             duration: started.elapsed(),
@@ -149,8 +152,8 @@ impl Http {
                 Ok(None) | Err(_) => break,
             }
         }
-        let excerpt = (!kept.is_empty())
-            .then(|| shared::records::response_excerpt(&String::from_utf8_lossy(&kept)));
+        // Whatever the receiver sent (binary, NUL, invalid UTF-8) is kept as storable text.
+        let excerpt = (!kept.is_empty()).then(|| shared::records::response_excerpt(&kept));
         Exchange {
             status: Some(status),
             error_class: status_class(status),

@@ -1,65 +1,78 @@
-//! One record's work, run as its own task: the HTTP attempt, then making the outcome durable
-//! (retry tier or DLQ record acknowledged by the broker, attempt row committed) before the
-//! dispatcher may release the record's offset.
+//! One record's work, run as its own task: the HTTP attempt (or a deferral), then making the
+//! outcome durable (outcome.rs) before the dispatcher may release the record's offset.
+//!
+//! **A task that panics costs one record, not a partition.** The dispatcher learns that a
+//! request is over and that a record is done only from the task's events; a task that died
+//! without sending them would hold an in-flight slot and its partition's watermark forever, and
+//! crashing the process instead would read the same record again and panic again. So every task
+//! runs [`guarded`]: a panic is caught, logged and counted (it is a bug), the slot is freed,
+//! and the record is dead-lettered as `undeliverable` with the panic's message — replayable once
+//! the bug is fixed — before its offset is released.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use rand::Rng as _;
+use futures::FutureExt as _;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::domain::{DeliveryStatus, Endpoint, ErrorClass};
 use shared::ids::{EndpointId, TenantId};
-use shared::kafka::RetryTier;
-use shared::records::{
-    AttemptSummary, DeadLetterReason, DeadLetterRecord, DeliveryRecord, RetryRecord, SchemaVersion,
-    SourcePosition,
-};
+use shared::records::{AttemptSummary, DeadLetterReason, DeliveryRecord};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::attempts::{Row, Writer};
+use crate::attempts::Row;
 use crate::endpoints::EndpointCache;
 use crate::http::{Exchange, Http};
-use crate::metrics::{HttpResult, Metrics, Reason, Status, TenantStatus};
+use crate::metrics::{HttpResult, Reason};
+use crate::outcome::{Failure, Outcomes};
 
 /// A record read from `deliveries`, waiting in its endpoint's lane or being worked on.
+#[derive(Debug, Clone)]
 pub struct Job {
-    pub record: DeliveryRecord,
+    pub record: Arc<DeliveryRecord>,
     pub partition: i32,
     pub offset: i64,
-    /// The rebalance generation it was read in; a stale job's offset is not stored.
-    pub epoch: u64,
+    /// Its partition's generation when it was read; a stale job's offset is not stored.
+    pub generation: u64,
     pub headers: Option<OwnedHeaders>,
+    /// When its request was started (set by the admission core).
+    pub sent_at: Instant,
 }
 
 #[cfg(test)]
 impl Job {
     /// A job whose contents do not matter (lane bookkeeping tests).
     pub fn placeholder() -> Self {
-        use shared::ids::{EndpointId, EventId, TenantId};
-        let (event, endpoint) = (EventId::new(), EndpointId::new());
+        Self::for_endpoint(TenantId::new(), EndpointId::new(), 0)
+    }
+
+    /// A job of `tenant` for `endpoint` on `partition` (admission tests).
+    pub fn for_endpoint(tenant: TenantId, endpoint: EndpointId, partition: i32) -> Self {
+        use shared::records::{EventRef, ReplayInfo};
+        let event_type = "test.event".parse().unwrap_or_else(|_| unreachable!());
+        let payload = shared::payload::Payload::empty();
+        let event = EventRef {
+            event_id: shared::ids::EventId::new(),
+            tenant_id: tenant,
+            event_type: &event_type,
+            payload: &payload,
+            occurred_at: Utc::now(),
+        };
         Self {
-            record: DeliveryRecord {
-                schema_version: SchemaVersion::CURRENT,
-                delivery_id: shared::ids::DeliveryId::derive(&event, &endpoint),
-                event_id: event,
-                tenant_id: TenantId::new(),
-                endpoint_id: endpoint,
-                event_type: "test.event".parse().unwrap_or_else(|_| unreachable!()),
-                payload: serde_json::Map::new(),
-                occurred_at: Utc::now(),
-                attempt: 1,
-                attempts: Vec::new(),
-                replay: None,
-            },
-            partition: 0,
+            record: Arc::new(DeliveryRecord::first_attempt(
+                event,
+                endpoint,
+                None::<ReplayInfo>,
+            )),
+            partition,
             offset: 0,
-            epoch: 0,
+            generation: 0,
             headers: None,
+            sent_at: Instant::now(),
         }
     }
 }
@@ -71,14 +84,14 @@ pub enum Signal {
     Failure,
     /// Pause the endpoint (429/503 with `Retry-After`).
     Pause(Duration),
-    /// No request was made (endpoint gone or disabled).
+    /// No request was made (endpoint gone or disabled), or it says nothing about the endpoint.
     Nothing,
 }
 
 /// Why a record is put in a retry tier without an attempt.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deferral {
-    /// The endpoint's lane was full.
+    /// The endpoint's lane was full, or its share of the budgets used up.
     Overflow,
     /// The endpoint asked to be left alone (`Retry-After`).
     Paused,
@@ -95,21 +108,32 @@ impl Deferral {
             Self::CircuitOpen => "circuit_open",
         }
     }
+
+    /// The error class a deferral past the horizon is dead-lettered with.
+    fn class(self) -> Option<ErrorClass> {
+        match self {
+            Self::Overflow => None,
+            Self::Paused => Some(ErrorClass::RateLimited),
+            Self::CircuitOpen => Some(ErrorClass::CircuitOpen),
+        }
+    }
 }
 
 pub enum Event {
     /// The HTTP part is over: the lane's slot is free. `took` is the request's duration
-    /// (zero when none was made), for the lane's wait estimate.
+    /// (zero when none was made), for the lane's wait estimate; `started` names the request.
     Sent {
         endpoint: EndpointId,
+        tenant: TenantId,
         signal: Signal,
+        started: Instant,
         took: Duration,
     },
-    /// The outcome is durable (`stored`) or was abandoned at shutdown (not stored).
+    /// The outcome is durable (`durable`) or was abandoned at shutdown (not stored).
     Done {
         partition: i32,
         offset: i64,
-        epoch: u64,
+        generation: u64,
         durable: bool,
     },
     /// A lane's rate-limit wait is over.
@@ -121,245 +145,143 @@ pub struct Deps {
     pub pool: Pool,
     pub endpoints: EndpointCache,
     pub http: Http,
-    pub writer: Writer,
-    pub producer: FutureProducer,
-    /// Ascending delays.
-    pub tiers: Vec<RetryTier>,
+    pub outcomes: Outcomes,
     pub schedule: Vec<Duration>,
-    pub jitter_max: Duration,
-    pub dlq_topic: String,
-    pub deliveries_topic: String,
-    pub produce_timeout: Duration,
-    pub metrics: Metrics,
-    pub shutdown: CancellationToken,
     /// How long after its start a delivery may still be deferred; then it is dead-lettered.
     pub horizon: chrono::Duration,
 }
 
-/// Retries `f` with backoff until it succeeds or shutdown; `None` on shutdown.
-async fn durably<T, E: std::fmt::Display, F, Fut>(deps: &Deps, what: &str, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying"),
+/// What a task does.
+#[derive(Debug, Clone, Copy)]
+pub enum Work {
+    Deliver,
+    Defer(Deferral, Duration),
+}
+
+/// Tells the dispatcher, once each, that the slot is free and that the record is done.
+struct Report {
+    tx: mpsc::Sender<Event>,
+    job: Job,
+    sent: AtomicBool,
+    done: AtomicBool,
+}
+
+impl Report {
+    async fn sent(&self, signal: Signal, took: Duration) {
+        if !self.sent.swap(true, Ordering::SeqCst) {
+            let r = &self.job.record;
+            let _ = self
+                .tx
+                .send(Event::Sent {
+                    endpoint: r.endpoint_id,
+                    tenant: r.tenant_id,
+                    signal,
+                    started: self.job.sent_at,
+                    took,
+                })
+                .await;
         }
-        tokio::select! {
-            _ = deps.shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+    }
+
+    async fn done(&self, durable: bool) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            let _ = self
+                .tx
+                .send(Event::Done {
+                    partition: self.job.partition,
+                    offset: self.job.offset,
+                    generation: self.job.generation,
+                    durable,
+                })
+                .await;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-impl Deps {
-    /// The smallest tier whose delay is at least `wanted`, else the largest.
-    fn tier_for(&self, wanted: Duration) -> &RetryTier {
-        self.tiers
-            .iter()
-            .find(|t| t.delay >= wanted)
-            .or(self.tiers.last())
-            .unwrap_or_else(|| unreachable!("the schedule has at least one tier (config)"))
-    }
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
 
-    async fn produce(&self, topic: &str, job: &Job, payload: Vec<u8>) -> Option<()> {
-        let key = job.record.endpoint_id.to_string();
-        durably(self, "producing an outcome", || {
-            let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
-            if let Some(h) = &job.headers {
-                record = record.headers(h.clone());
-            }
-            let producer = self.producer.clone();
-            let timeout = self.produce_timeout;
-            async move {
-                producer
-                    .send(record, timeout)
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e)
-            }
-        })
-        .await
-    }
-
-    /// Writes `delivery` to the tier covering `wanted`, due after that tier's delay plus a
-    /// bounded jitter (at most `retry.jitter_max` and a tenth of the delay, docs/retry.md).
-    async fn to_tier(&self, job: &Job, delivery: DeliveryRecord, wanted: Duration) -> Option<()> {
-        let tier = self.tier_for(wanted);
-        let cap = self.jitter_max.min(tier.delay / 10);
-        let jitter = if cap.is_zero() {
-            Duration::ZERO
-        } else {
-            rand::rng().random_range(Duration::ZERO..=cap)
-        };
-        let due = Utc::now() + tier.delay + jitter;
-        let record = RetryRecord {
-            schema_version: SchemaVersion::CURRENT,
-            due_at: due,
-            tier: tier.name.clone(),
-            delivery,
-        };
-        let payload = serde_json::to_vec(&record).ok()?;
-        self.produce(&tier.topic, job, payload).await
-    }
-
-    async fn dead_letter(
-        &self,
-        job: &Job,
-        delivery: DeliveryRecord,
-        reason: DeadLetterReason,
-        exchange: Option<&Exchange>,
-    ) -> Option<()> {
-        let tenant = delivery.tenant_id;
-        let record = DeadLetterRecord {
-            schema_version: SchemaVersion::CURRENT,
-            reason,
-            dead_lettered_at: Utc::now(),
-            delivery,
-            last_status: exchange.and_then(|x| x.status),
-            error_class: exchange.and_then(|x| x.error_class),
-            response_body: exchange.and_then(|x| x.excerpt.clone()),
-            source: self.source(job),
-        };
-        let payload = serde_json::to_vec(&record).ok()?;
-        self.produce(&self.dlq_topic, job, payload).await?;
-        self.metrics
-            .dlq
-            .get_or_create(&Reason {
-                reason: reason.as_str(),
-            })
-            .inc();
-        self.count(DeliveryStatus::DeadLettered, &tenant);
-        Some(())
-    }
-
-    /// Dead-letters a delivery no request was made for (its endpoint is gone, or it was
-    /// deferred past the horizon): the DLQ record and the row, concurrently.
-    async fn dead_letter_unattempted(
-        &self,
-        job: &Job,
-        reason: DeadLetterReason,
-        error: Option<(ErrorClass, String)>,
-    ) -> Option<()> {
-        let r = &job.record;
-        let (error_class, error) = error.unzip();
-        let row = Row {
-            delivery_id: r.delivery_id,
-            tenant_id: r.tenant_id,
-            endpoint_id: r.endpoint_id,
-            status: DeliveryStatus::DeadLettered,
-            attempt: None,
-            started_at: Utc::now(),
-            duration_ms: 0,
-            status_code: None,
-            error_class,
-            error,
-            excerpt: None,
-            dead_letter: Some((reason, self.source(job))),
-        };
-        let (a, b) = tokio::join!(
-            self.dead_letter(job, r.clone(), reason, None),
-            self.record(row)
-        );
-        a.and(b)
-    }
-
-    fn source(&self, job: &Job) -> SourcePosition {
-        SourcePosition {
-            topic: self.deliveries_topic.clone(),
-            partition: job.partition,
-            offset: job.offset,
+/// Runs one record's work (module docs).
+pub async fn guarded(deps: Arc<Deps>, job: Job, tx: mpsc::Sender<Event>, work: Work) {
+    let report = Report {
+        tx,
+        job: job.clone(),
+        sent: AtomicBool::new(matches!(work, Work::Defer(..))),
+        done: AtomicBool::new(false),
+    };
+    let run = async {
+        match work {
+            Work::Deliver => deliver(&deps, &job, &report).await,
+            Work::Defer(why, wanted) => defer(&deps, &job, why, wanted, &report).await,
         }
-    }
-
-    fn count(&self, status: DeliveryStatus, tenant: &TenantId) {
-        self.metrics
-            .deliveries
-            .get_or_create(&Status {
-                status: status.as_str(),
-            })
-            .inc();
-        self.metrics
-            .tenant_deliveries
-            .get_or_create(&TenantStatus {
-                tenant_id: tenant.to_string(),
-                status: status.as_str(),
-            })
-            .inc();
-    }
-
-    async fn record(&self, row: Row) -> Option<()> {
-        let writer: &Writer = &self.writer;
-        tokio::select! {
-            r = writer.record(row) => r.ok(),
-            _ = self.shutdown.cancelled() => None,
-        }
-    }
+    };
+    let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
+        return;
+    };
+    let message = panic_message(&*panic);
+    deps.outcomes.metrics.panics.inc();
+    let r = &job.record;
+    tracing::error!(delivery_id = %r.delivery_id, endpoint_id = %r.endpoint_id, panic = %message,
+        "delivery task panicked (a bug); dead-lettering the record as undeliverable");
+    report.sent(Signal::Nothing, Duration::ZERO).await;
+    let error = format!("internal error: {message}");
+    let quarantined = AssertUnwindSafe(deps.outcomes.dead_letter_unattempted(
+        &job,
+        DeadLetterReason::Undeliverable,
+        None,
+        Some(error),
+    ))
+    .catch_unwind()
+    .await;
+    // Not even the dead letter could be written without panicking: release the record anyway
+    // (logged and counted above) rather than hold its partition for ever.
+    let durable = !matches!(quarantined, Ok(Err(Failure::Shutdown)));
+    report.done(durable).await;
 }
 
 /// Puts a record in a retry tier without an attempt (its lane is full, paused or open). A
 /// delivery deferred past the horizon is dead-lettered instead, so a permanently dead endpoint
 /// does not keep its records circling forever.
-pub async fn defer(
-    deps: Arc<Deps>,
-    job: Job,
-    why: Deferral,
-    wanted: Duration,
-    tx: mpsc::Sender<Event>,
-) {
-    let started = job
-        .record
-        .replay
-        .as_ref()
-        .map_or(job.record.occurred_at, |r| r.replayed_at);
-    let durable = if Utc::now() - started > deps.horizon {
+async fn defer(deps: &Deps, job: &Job, why: Deferral, wanted: Duration, report: &Report) {
+    let r = &job.record;
+    let started = r.replay.as_ref().map_or(r.occurred_at, |x| x.replayed_at);
+    let o = &deps.outcomes;
+    let result = if Utc::now() - started > deps.horizon {
         let error = format!("deferred past the retry horizon ({})", why.as_str());
-        deps.dead_letter_unattempted(
-            &job,
-            DeadLetterReason::Exhausted,
-            Some((ErrorClass::CircuitOpen, error)),
-        )
-        .await
-        .is_some()
-    } else {
-        let ok = deps
-            .to_tier(&job, job.record.clone(), wanted)
+        o.dead_letter_unattempted(job, DeadLetterReason::Exhausted, why.class(), Some(error))
             .await
-            .is_some();
-        if ok {
-            deps.metrics
-                .retries
-                .get_or_create(&Reason {
-                    reason: why.as_str(),
-                })
-                .inc();
-            deps.metrics
-                .deliveries
-                .get_or_create(&Status { status: "deferred" })
-                .inc();
+    } else {
+        match o.to_tier(job, DeliveryRecord::clone(r), wanted).await {
+            Ok(()) => {
+                o.metrics
+                    .retries
+                    .get_or_create(&Reason {
+                        reason: why.as_str(),
+                    })
+                    .inc();
+                o.metrics
+                    .deliveries
+                    .get_or_create(&crate::metrics::Status { status: "deferred" })
+                    .inc();
+                Ok(())
+            }
+            Err(Failure::Permanent(e)) => {
+                o.dead_letter_unattempted(job, DeadLetterReason::Undeliverable, None, Some(e))
+                    .await
+            }
+            Err(shutdown) => Err(shutdown),
         }
-        ok
     };
-    done(&tx, &job, durable).await;
-}
-
-async fn done(tx: &mpsc::Sender<Event>, job: &Job, durable: bool) {
-    let _ = tx
-        .send(Event::Done {
-            partition: job.partition,
-            offset: job.offset,
-            epoch: job.epoch,
-            durable,
-        })
-        .await;
+    report.done(result.is_ok()).await;
 }
 
 /// Attempts the delivery and settles its outcome.
-pub async fn deliver(deps: Arc<Deps>, job: Job, tx: mpsc::Sender<Event>) {
+async fn deliver(deps: &Deps, job: &Job, report: &Report) {
     let r = &job.record;
     let span = tracing::info_span!(
         "deliver",
@@ -372,56 +294,54 @@ pub async fn deliver(deps: Arc<Deps>, job: Job, tx: mpsc::Sender<Event>) {
     let parent =
         shared::kafka::extract_trace_context(job.headers.as_ref().map(OwnedHeaders::as_borrowed));
     shared::telemetry::set_parent(&span, parent.clone());
-    let endpoint_id = r.endpoint_id;
     async move {
-        let endpoint = durably(&deps, "loading the endpoint", || {
-            deps.endpoints.get_or_load(&deps.pool, &endpoint_id)
-        })
-        .await;
-        let Some(endpoint) = endpoint else {
-            let _ = tx
-                .send(Event::Sent {
-                    endpoint: endpoint_id,
-                    signal: Signal::Nothing,
-                    took: Duration::ZERO,
-                })
-                .await;
-            return done(&tx, &job, false).await;
+        let Some(endpoint) = load(deps, &r.endpoint_id).await else {
+            report.sent(Signal::Nothing, Duration::ZERO).await;
+            return report.done(false).await;
         };
         let Some(endpoint) = endpoint.filter(|e| e.enabled) else {
-            let _ = tx
-                .send(Event::Sent {
-                    endpoint: endpoint_id,
-                    signal: Signal::Nothing,
-                    took: Duration::ZERO,
-                })
+            report.sent(Signal::Nothing, Duration::ZERO).await;
+            tracing::warn!("endpoint deleted or disabled; dead-lettering");
+            let result = deps
+                .outcomes
+                .dead_letter_unattempted(job, DeadLetterReason::EndpointUnavailable, None, None)
                 .await;
-            let durable = unavailable(&deps, &job).await.is_some();
-            return done(&tx, &job, durable).await;
+            return report.done(result.is_ok()).await;
         };
         let started_at = Utc::now();
         let trace = shared::telemetry::onward_context(parent);
-        let exchange = attempt(&deps, &job.record, &endpoint, started_at, &trace).await;
+        let exchange = attempt(deps, r, &endpoint, started_at, &trace).await;
         let signal = match (exchange.error_class, pause(&exchange)) {
             (None, _) => Signal::Success,
             (Some(ErrorClass::Gone), _) => Signal::Nothing,
             (Some(_), Some(d)) => Signal::Pause(d),
             (Some(_), None) => Signal::Failure,
         };
-        let _ = tx
-            .send(Event::Sent {
-                endpoint: endpoint_id,
-                signal,
-                took: exchange.duration,
-            })
-            .await;
-        let durable = settle(&deps, &job, &endpoint, &exchange, started_at)
-            .await
-            .is_some();
-        done(&tx, &job, durable).await;
+        report.sent(signal, exchange.duration).await;
+        let durable = settle(deps, job, &endpoint, &exchange, started_at).await;
+        report.done(durable).await;
     }
     .instrument(span)
     .await;
+}
+
+/// The endpoint from the cache or PostgreSQL, retried while the database is away; `None` at
+/// shutdown.
+async fn load(deps: &Deps, id: &EndpointId) -> Option<Option<Arc<Endpoint>>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match deps.endpoints.get_or_load(&deps.pool, id).await {
+            Ok(e) => return Some(e),
+            Err(e) => {
+                tracing::warn!(error = %shared::error_chain(&e), "loading the endpoint failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = deps.outcomes.shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// The pause a 429 or 503 asked for with `Retry-After`.
@@ -431,12 +351,6 @@ pub fn pause(x: &Exchange) -> Option<Duration> {
         .flatten()
 }
 
-async fn unavailable(deps: &Deps, job: &Job) -> Option<()> {
-    tracing::warn!("endpoint deleted or disabled; dead-lettering");
-    deps.dead_letter_unattempted(job, DeadLetterReason::EndpointUnavailable, None)
-        .await
-}
-
 async fn attempt(
     deps: &Deps,
     r: &DeliveryRecord,
@@ -444,7 +358,8 @@ async fn attempt(
     started_at: DateTime<Utc>,
     trace: &opentelemetry::Context,
 ) -> Exchange {
-    let body = serde_json::to_vec(&r.payload).unwrap_or_else(|_| b"{}".to_vec());
+    // The payload is carried as the publisher's JSON text: that text is the body.
+    let body = r.payload.as_bytes().to_vec();
     let secrets: Vec<_> = endpoint.active_secrets(started_at).collect();
     let mut headers = crate::sign::headers(
         endpoint.signature_scheme,
@@ -455,7 +370,8 @@ async fn attempt(
         &body,
     );
     shared::telemetry::inject_http(trace, &mut headers);
-    deps.metrics.in_flight.inc();
+    let metrics = &deps.outcomes.metrics;
+    metrics.in_flight.inc();
     let exchange = deps
         .http
         .post(
@@ -466,7 +382,7 @@ async fn attempt(
             endpoint.timeout_ms,
         )
         .await;
-    deps.metrics.in_flight.dec();
+    metrics.in_flight.dec();
     let result = match exchange.status {
         Some(200..=299) => "2xx",
         Some(300..=399) => "3xx",
@@ -474,14 +390,14 @@ async fn attempt(
         Some(_) => "5xx",
         None => "error",
     };
-    deps.metrics
+    metrics
         .http
         .get_or_create(&HttpResult { result })
         .observe(exchange.duration.as_secs_f64());
     match exchange.error_class {
         None => tracing::debug!(
             status = exchange.status,
-            ms = exchange.duration.as_millis() as u64,
+            ms = u64::try_from(exchange.duration.as_millis()).unwrap_or(u64::MAX),
             "delivered"
         ),
         Some(class) => tracing::info!(
@@ -494,17 +410,26 @@ async fn attempt(
     exchange
 }
 
+/// What an attempt leads to.
+enum Next {
+    Delivered,
+    Retry(Duration),
+    DeadLetter(DeadLetterReason, Option<String>),
+}
+
 /// Makes the outcome of an attempt durable: retry tier or DLQ record acked, row committed.
+/// Returns whether it is durable (false only at shutdown).
 async fn settle(
     deps: &Deps,
     job: &Job,
     endpoint: &Endpoint,
     x: &Exchange,
     started_at: DateTime<Utc>,
-) -> Option<()> {
+) -> bool {
     let r = &job.record;
+    let o = &deps.outcomes;
     let duration_ms = u32::try_from(x.duration.as_millis()).unwrap_or(u32::MAX);
-    let mut delivery = r.clone();
+    let mut delivery = DeliveryRecord::clone(r);
     delivery.attempts.push(AttemptSummary {
         attempt: r.attempt,
         at: started_at,
@@ -512,49 +437,53 @@ async fn settle(
         status_code: x.status,
         error_class: x.error_class,
     });
-    let status;
-    let outcome = match x.error_class {
-        None => {
-            status = DeliveryStatus::Delivered;
-            let latency = (Utc::now() - r.occurred_at).to_std().unwrap_or_default();
-            deps.metrics.latency.observe(latency.as_secs_f64());
-            None
-        }
+    let mut next = match x.error_class {
+        None => Next::Delivered,
         Some(ErrorClass::Gone) => {
-            status = DeliveryStatus::DeadLettered;
             let reason = format!("410 Gone received at {}", started_at.to_rfc3339());
-            durably(deps, "disabling the endpoint", || {
-                deps.endpoints.disable(&deps.pool, &endpoint.id, &reason)
-            })
-            .await?;
-            deps.metrics.disabled.inc();
-            tracing::warn!("endpoint answered 410 Gone; disabled");
-            Some((delivery, DeadLetterReason::Gone))
+            if !disable(deps, endpoint, &reason).await {
+                return false;
+            }
+            Next::DeadLetter(DeadLetterReason::Gone, None)
         }
-        Some(class) => {
-            let next = usize::try_from(r.attempt)
+        Some(_) => {
+            let step = usize::try_from(r.attempt)
                 .ok()
                 .and_then(|a| deps.schedule.get(a.wrapping_sub(1)));
-            match next {
-                Some(delay) => {
-                    status = DeliveryStatus::Retrying;
-                    let wanted = (*delay).max(pause(x).unwrap_or_default());
-                    delivery.attempt = r.attempt + 1;
-                    deps.to_tier(job, delivery, wanted).await?;
-                    deps.metrics
+            match step {
+                Some(delay) => Next::Retry((*delay).max(pause(x).unwrap_or_default())),
+                None => Next::DeadLetter(DeadLetterReason::Exhausted, None),
+            }
+        }
+    };
+    if let Next::Retry(wanted) = next {
+        let mut retry = delivery.clone();
+        retry.attempt = r.attempt + 1;
+        match o.to_tier(job, retry, wanted).await {
+            Ok(()) => {
+                if let Some(class) = x.error_class {
+                    o.metrics
                         .retries
                         .get_or_create(&Reason {
                             reason: class.as_str(),
                         })
                         .inc();
-                    None
-                }
-                None => {
-                    status = DeliveryStatus::DeadLettered;
-                    Some((delivery, DeadLetterReason::Exhausted))
                 }
             }
+            Err(Failure::Permanent(e)) => {
+                next = Next::DeadLetter(DeadLetterReason::Undeliverable, Some(e));
+            }
+            Err(Failure::Shutdown) => return false,
         }
+    }
+    let status = match &next {
+        Next::Delivered => {
+            let latency = (Utc::now() - r.occurred_at).to_std().unwrap_or_default();
+            o.metrics.latency.observe(latency.as_secs_f64());
+            DeliveryStatus::Delivered
+        }
+        Next::Retry(_) => DeliveryStatus::Retrying,
+        Next::DeadLetter(..) => DeliveryStatus::DeadLettered,
     };
     let row = Row {
         delivery_id: r.delivery_id,
@@ -566,22 +495,56 @@ async fn settle(
         duration_ms,
         status_code: x.status,
         error_class: x.error_class,
-        error: x.error.clone(),
+        error: match &next {
+            Next::DeadLetter(_, Some(e)) => Some(e.clone()),
+            _ => x.error.clone(),
+        },
         excerpt: x.excerpt.clone(),
-        dead_letter: outcome
-            .as_ref()
-            .map(|(_, reason)| (*reason, deps.source(job))),
+        dead_letter: match &next {
+            Next::DeadLetter(reason, _) => Some((*reason, o.source(job))),
+            _ => None,
+        },
     };
     let dead = async {
-        match outcome {
-            Some((delivery, reason)) => deps.dead_letter(job, delivery, reason, Some(x)).await,
-            None => Some(()),
+        match &next {
+            Next::DeadLetter(reason, error) => o
+                .dead_letter(job, delivery, *reason, Some(x), error.as_deref())
+                .await
+                .map(|_| ()),
+            _ => Ok(()),
         }
     };
-    let (a, b) = tokio::join!(dead, deps.record(row));
-    a.and(b)?;
-    if status != DeliveryStatus::DeadLettered {
-        deps.count(status, &r.tenant_id);
+    let (a, b) = tokio::join!(dead, o.record(row));
+    if a.and(b).is_err() {
+        return false;
     }
-    Some(())
+    if status != DeliveryStatus::DeadLettered {
+        o.count(status, &r.tenant_id);
+    }
+    true
+}
+
+/// Disables an endpoint that answered 410, retried while the database is away.
+async fn disable(deps: &Deps, endpoint: &Endpoint, reason: &str) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match deps
+            .endpoints
+            .disable(&deps.pool, &endpoint.id, reason)
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %shared::error_chain(&e), "disabling the endpoint failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = deps.outcomes.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    deps.outcomes.metrics.disabled.inc();
+    tracing::warn!("endpoint answered 410 Gone; disabled");
+    true
 }

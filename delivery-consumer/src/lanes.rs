@@ -19,6 +19,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::job::Job;
 
+/// The longest gap a rate limit imposes between two requests.
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Circuit {
     Closed { failures: u32 },
@@ -38,6 +41,7 @@ pub enum Admission {
     Defer(Duration),
 }
 
+#[derive(Debug, Clone)]
 pub struct Breaker {
     pub threshold: u32,
     pub cooldown: Duration,
@@ -118,6 +122,8 @@ impl Circuit {
 pub struct Lane {
     pub queue: VecDeque<Job>,
     pub in_flight: u32,
+    /// When each request in flight was sent, oldest first.
+    started: VecDeque<Instant>,
     pub paused_until: Option<Instant>,
     pub circuit: Circuit,
     limiter: Option<(f64, DefaultDirectRateLimiter)>,
@@ -125,6 +131,8 @@ pub struct Lane {
     pub wake_pending: bool,
     /// Queued behind the global in-flight cap.
     pub waiting_global: bool,
+    /// Queued behind its tenant's in-flight share.
+    pub waiting_tenant: bool,
     /// Moving average of request durations, in seconds (none before the first request).
     latency: Option<f64>,
 }
@@ -134,18 +142,33 @@ impl Default for Lane {
         Self {
             queue: VecDeque::new(),
             in_flight: 0,
+            started: VecDeque::new(),
             paused_until: None,
             circuit: Circuit::Closed { failures: 0 },
             limiter: None,
             wake_pending: false,
             waiting_global: false,
+            waiting_tenant: false,
             latency: None,
         }
     }
 }
 
 impl Lane {
-    pub fn observe(&mut self, took: Duration) {
+    /// A request was sent at `at`.
+    pub fn sent(&mut self, at: Instant) {
+        self.in_flight += 1;
+        self.started.push_back(at);
+    }
+
+    /// The request sent at `started` is over after `took`.
+    pub fn finished(&mut self, started: Instant, took: Duration) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(i) = self.started.iter().position(|t| *t == started) {
+            self.started.remove(i);
+        } else {
+            self.started.pop_front();
+        }
         if took.is_zero() {
             return;
         }
@@ -153,11 +176,20 @@ impl Lane {
         self.latency = Some(self.latency.map_or(s, |avg| 0.8 * avg + 0.2 * s));
     }
 
-    /// How long a record joining the queue now would wait, from the endpoint's recent
-    /// latency, its in-flight cap and its rate limit; zero while nothing is known.
-    pub fn expected_wait(&self, cap: u32, rate: Option<f64>) -> Duration {
-        let Some(latency) = self.latency else {
-            return Duration::ZERO;
+    /// How long a record joining the queue now would wait, from the endpoint's pace — its
+    /// recent latency, or, when every slot is taken, at least the age of the oldest request in
+    /// flight (an endpoint that never answers has no "recent latency", but its oldest request
+    /// says how slow it is) — its in-flight cap and its rate limit; zero while nothing is known.
+    pub fn expected_wait(&self, cap: u32, rate: Option<f64>, now: Instant) -> Duration {
+        let oldest = (self.in_flight >= cap.max(1))
+            .then(|| self.started.front())
+            .flatten()
+            .map(|t| now.saturating_duration_since(*t).as_secs_f64());
+        let latency = match (self.latency, oldest) {
+            (Some(l), Some(o)) => l.max(o),
+            (Some(l), None) => l,
+            (None, Some(o)) if o > 0.0 => o,
+            _ => return Duration::ZERO,
         };
         let by_cap = f64::from(cap.max(1)) / latency.max(1e-4);
         let per_sec = rate.map_or(by_cap, |r| by_cap.min(r.max(1e-3)));
@@ -171,22 +203,31 @@ impl Lane {
     pub fn idle(&self, now: Instant) -> bool {
         self.queue.is_empty()
             && self.in_flight == 0
+            && self.started.is_empty()
             && self.paused_until.is_none_or(|t| t <= now)
             && self.circuit == Circuit::Closed { failures: 0 }
     }
 
     /// A token from the endpoint's rate limit, or how long until one is available. The limiter
     /// is rebuilt when the endpoint's rate changes; the burst is one second's worth.
+    ///
+    /// Any rate works: the API accepts 0.001 to 10,000 per second, but a row written otherwise
+    /// (an older release, a manual update) may hold any positive number, and a service must
+    /// not panic on a value it did not choose. The period is clamped to [1 µs, 1 day], the
+    /// burst to [1, 10,000]; a rate that is not a positive finite number means no limit.
     pub fn take_token(&mut self, rate: Option<f64>) -> Result<(), Duration> {
         let Some(rate) = rate.filter(|r| r.is_finite() && *r > 0.0) else {
             self.limiter = None;
             return Ok(());
         };
         if self.limiter.as_ref().is_none_or(|(r, _)| *r != rate) {
-            let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_micros(1));
+            let period = Duration::try_from_secs_f64(1.0 / rate)
+                .unwrap_or(MAX_PERIOD)
+                .clamp(Duration::from_micros(1), MAX_PERIOD);
             // Truncation is intended: the burst is the whole requests of one second.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let burst = NonZeroU32::new((rate as u32).max(1)).unwrap_or(NonZeroU32::MIN);
+            let burst =
+                NonZeroU32::new((rate.min(10_000.0) as u32).max(1)).unwrap_or(NonZeroU32::MIN);
             let quota = Quota::with_period(period)
                 .map(|q| q.allow_burst(burst))
                 .unwrap_or_else(|| Quota::per_second(burst));
@@ -253,21 +294,65 @@ mod tests {
     #[test]
     fn the_wait_estimate_follows_latency_cap_and_rate() {
         let mut lane = Lane::default();
+        let now = Instant::now();
         assert_eq!(
-            lane.expected_wait(10, None),
+            lane.expected_wait(10, None, now),
             Duration::ZERO,
             "unknown: no estimate"
         );
-        lane.observe(Duration::from_secs(2));
+        lane.sent(now);
+        lane.finished(now, Duration::from_secs(2));
         for _ in 0..9 {
             lane.queue.push_back(crate::job::Job::placeholder());
         }
         // 10 records ahead of it (9 queued + itself), 10 at a time, 2 s each: 2 s.
-        let wait = lane.expected_wait(10, None);
+        let wait = lane.expected_wait(10, None, now);
         assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
         // A rate limit of 1/s is the tighter bound: 10 s.
-        let wait = lane.expected_wait(10, Some(1.0));
+        let wait = lane.expected_wait(10, Some(1.0), now);
         assert!((wait.as_secs_f64() - 10.0).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn an_endpoint_that_never_answers_has_a_pace_too() {
+        let mut lane = Lane::default();
+        let start = Instant::now();
+        lane.sent(start);
+        lane.queue.push_back(crate::job::Job::placeholder());
+        // Its one slot has been busy for 8 s without an answer: a second record waits >= 16 s.
+        let wait = lane.expected_wait(1, None, start + Duration::from_secs(8));
+        assert!(wait >= Duration::from_secs(16), "{wait:?}");
+        // Below the cap the oldest request says nothing (a slot is free).
+        assert_eq!(
+            lane.expected_wait(2, None, start + Duration::from_secs(8)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn any_rate_is_handled() {
+        for rate in [
+            1e-20,
+            1e-9,
+            0.001,
+            1.0,
+            1e4,
+            1e9,
+            1e300,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+        ] {
+            let mut lane = Lane::default();
+            assert!(lane.take_token(Some(rate)).is_ok(), "{rate}: first token");
+            if let Err(wait) = lane.take_token(Some(rate)) {
+                assert!(wait <= MAX_PERIOD, "{rate}: {wait:?}");
+            }
+        }
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let mut lane = Lane::default();
+            assert!(lane.take_token(Some(rate)).is_ok(), "{rate}: no limit");
+            assert!(lane.take_token(Some(rate)).is_ok(), "{rate}: no limit");
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Sends signed webhook POSTs and routes outcomes to retry tiers or the DLQ, without letting a
 //! bad endpoint slow anyone else. The design is in docs/delivery.md; the parts: the dispatcher
-//! and its lanes (dispatch.rs, lanes.rs), the offset watermark (offsets.rs), one record's work
-//! (job.rs), signing (sign.rs), the HTTP client and SSRF guard (http.rs, ssrf.rs), the endpoint
-//! cache (endpoints.rs) and the attempt writer (attempts.rs).
+//! (dispatch.rs), its scheduling and shared budgets (admission.rs) and lanes (lanes.rs), the
+//! offset watermark (offsets.rs), one record's work (job.rs), making outcomes durable
+//! (outcome.rs), signing (sign.rs), the HTTP client and SSRF guard (http.rs, ssrf.rs), the
+//! endpoint cache (endpoints.rs) and the attempt writer (attempts.rs).
 //!
 //! `run(config, shutdown)` is the whole service; `main.rs` only loads the configuration.
 
+mod admission;
 mod attempts;
 mod dispatch;
 mod endpoints;
@@ -14,11 +16,11 @@ mod job;
 mod lanes;
 mod metrics;
 mod offsets;
+mod outcome;
 mod sign;
 mod ssrf;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -57,6 +59,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.clone(),
         d.cache_reload_interval,
         ready_tx,
+        foundation.liveness.register("config-listener"),
         shutdown.clone(),
     ));
     tokio::select! {
@@ -67,8 +70,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let writer_stop = CancellationToken::new();
     let (writer, writer_task) = attempts::Writer::spawn(
         foundation.pool.clone(),
-        d.attempt_batch,
-        d.attempt_linger,
+        attempts::Settings {
+            batch: d.attempt_batch,
+            linger: d.attempt_linger,
+            skipped: metrics.rows_skipped.clone(),
+            heartbeat: foundation.liveness.register("attempt-writer"),
+        },
         writer_stop.clone(),
     );
     let tiers = foundation.catalog.retry_tiers().to_vec();
@@ -79,32 +86,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         pool: foundation.pool.clone(),
         endpoints,
         http,
-        writer,
-        producer: foundation.producer.clone(),
-        tiers,
+        outcomes: outcome::Outcomes {
+            producer: foundation.producer.clone(),
+            writer,
+            tiers,
+            jitter_max: config.retry.jitter_max,
+            dlq_topic: foundation.catalog.dlq().to_owned(),
+            deliveries_topic: foundation.catalog.deliveries().to_owned(),
+            produce_timeout: Duration::from_millis(u64::from(config.kafka.message_timeout_ms)),
+            metrics: metrics.clone(),
+            shutdown: abandon.clone(),
+        },
         schedule: config.retry.schedule.clone(),
-        jitter_max: config.retry.jitter_max,
-        dlq_topic: foundation.catalog.dlq().to_owned(),
-        deliveries_topic: foundation.catalog.deliveries().to_owned(),
-        produce_timeout: Duration::from_millis(u64::from(config.kafka.message_timeout_ms)),
-        metrics: metrics.clone(),
-        shutdown: abandon.clone(),
         horizon: chrono::Duration::from_std(total * 2).unwrap_or(chrono::Duration::days(3)),
     });
 
-    let epoch = Arc::new(AtomicU64::new(0));
     let access = shared::kafka::access(shared::kafka::Principal::DeliveryConsumer, &config);
     let group = access.group_id();
-    let consumer: rdkafka::consumer::StreamConsumer<dispatch::DeliveryContext> =
+    let consumer: rdkafka::consumer::StreamConsumer<shared::kafka::Rebalancing> =
         shared::kafka::consumer_config(&config.kafka, NAME, group)
             // Reading pauses at max_pending; librdkafka's own prefetch is bounded too.
             .set("queued.max.messages.kbytes", "16384")
             // A crash repeats what finished since the last commit, and here a repeat is an
             // HTTP request a receiver sees: commit the stored watermark more often.
             .set("auto.commit.interval.ms", "250")
-            .create_with_context(dispatch::DeliveryContext {
-                epoch: epoch.clone(),
-            })?;
+            .create_with_context(shared::kafka::Rebalancing::default())?;
     consumer.subscribe(&access.subscription())?;
     let consumer = Arc::new(consumer);
 
@@ -118,33 +124,45 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 .set(lag);
         },
     ));
+    let share = |total: usize, share: f64| admission::share(total, share);
     let dispatcher = dispatch::Dispatcher {
         consumer,
         topic: foundation.catalog.deliveries().to_owned(),
         deps,
-        epoch,
         settings: dispatch::Settings {
             max_pending: d.max_pending,
-            max_in_flight: d.max_in_flight,
-            endpoint_queue: d.endpoint_queue,
-            max_queue_wait: d.max_queue_wait,
             drain_timeout: d.drain_timeout,
-            max_pause,
-            breaker: lanes::Breaker {
-                threshold: d.circuit_failure_threshold,
-                cooldown: d.circuit_cooldown,
-                max_cooldown: d.circuit_max_cooldown,
+            limits: admission::Limits {
+                max_in_flight: d.max_in_flight,
+                tenant_in_flight: share(d.max_in_flight, d.tenant_share),
+                endpoint_in_flight: u32::try_from(share(d.max_in_flight, d.endpoint_share))
+                    .unwrap_or(u32::MAX),
+                tenant_pending: share(d.max_pending, d.tenant_share),
+                endpoint_pending: share(d.max_pending, d.endpoint_share),
+                endpoint_queue: d.endpoint_queue,
+                max_queue_wait: d.max_queue_wait,
+                max_pause,
+                breaker: lanes::Breaker {
+                    threshold: d.circuit_failure_threshold,
+                    cooldown: d.circuit_cooldown,
+                    max_cooldown: d.circuit_max_cooldown,
+                },
             },
         },
+        heartbeat: foundation.liveness.register("dispatcher"),
         abandon,
     };
     let worker = tokio::spawn(async move {
         dispatcher.run(shutdown).await;
-        // The dispatcher has drained: let the writer finish what it holds, briefly.
+        // The dispatcher has drained: let the writer finish what it holds.
         writer_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
     });
-    Ok(ops.with_tasks(vec![maintain, lag, worker]))
+    Ok(ops.with_tasks(vec![
+        ("config-listener".to_owned(), maintain),
+        ("lag-reporter".to_owned(), lag),
+        ("dispatcher".to_owned(), worker),
+        ("attempt-writer".to_owned(), writer_task),
+    ]))
 }
 
 /// Runs the service until `shutdown` is cancelled.

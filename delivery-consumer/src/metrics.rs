@@ -4,7 +4,10 @@
 //! `http_delivery_duration_seconds{result}`, `retries_total{reason}`, `dlq_total{reason}`;
 //! plus `delivery_in_flight`, `delivery_pending`, `endpoint_circuits_open`,
 //! `endpoints_paused`, `endpoints_disabled_total`, `delivery_consumer_lag{partition}`,
-//! `delivery_malformed_total`, and `tenant_deliveries_total{tenant_id,status}` for the per-tenant
+//! `delivery_malformed_total`, `delivery_task_panics_total` (a bug: the record was
+//! dead-lettered as undeliverable), `outcome_records_refused_total{record}` (a retry or
+//! dead-letter record the broker refused for good), `attempt_rows_skipped_total` (rows
+//! PostgreSQL refused even stripped), and `tenant_deliveries_total{tenant_id,status}` for the per-tenant
 //! dashboard. No label names an endpoint: cardinality is bounded by the number of tenants
 //! (as the gateway's `events_published_total{tenant_id}`), whatever the tenants' endpoints do.
 
@@ -23,6 +26,11 @@ pub struct Status {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordKind {
+    pub record: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +76,9 @@ pub struct Metrics {
     pub disabled: Counter,
     pub lag: Family<Partition, Gauge>,
     pub malformed: Counter,
+    pub panics: Counter,
+    pub refused: Family<RecordKind, Counter>,
+    pub rows_skipped: Counter,
 }
 
 impl Metrics {
@@ -86,6 +97,9 @@ impl Metrics {
             disabled: Counter::default(),
             lag: Family::default(),
             malformed: Counter::default(),
+            panics: Counter::default(),
+            refused: Family::default(),
+            rows_skipped: Counter::default(),
         };
         registry.register(
             "deliveries",
@@ -148,6 +162,21 @@ impl Metrics {
             "Malformed records on deliveries, logged and skipped",
             m.malformed.clone(),
         );
+        registry.register(
+            "delivery_task_panics",
+            "Delivery tasks that panicked (a bug); their records were dead-lettered as undeliverable",
+            m.panics.clone(),
+        );
+        registry.register(
+            "outcome_records_refused",
+            "Retry or dead-letter records the broker refused for good (too large, invalid), by record",
+            m.refused.clone(),
+        );
+        registry.register(
+            "attempt_rows_skipped",
+            "Attempt rows PostgreSQL refused even with their texts stripped; logged and skipped",
+            m.rows_skipped.clone(),
+        );
         m.init_label_sets();
         m
     }
@@ -170,11 +199,10 @@ impl Metrics {
         {
             drop(self.deliveries.get_or_create(&Status { status }));
         }
-        for reason in [
-            DeadLetterReason::Exhausted,
-            DeadLetterReason::Gone,
-            DeadLetterReason::EndpointUnavailable,
-        ] {
+        for record in ["retry", "dead_letter"] {
+            drop(self.refused.get_or_create(&RecordKind { record }));
+        }
+        for reason in DeadLetterReason::ALL {
             drop(self.dlq.get_or_create(&Reason {
                 reason: reason.as_str(),
             }));

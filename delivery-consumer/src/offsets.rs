@@ -50,9 +50,9 @@ impl Watermarks {
         })
     }
 
-    /// Forgets everything (the partitions were revoked; the next owner starts from the commit).
-    pub fn reset(&mut self) {
-        self.partitions.clear();
+    /// Forgets a partition (it was revoked; its next owner starts from the commit).
+    pub fn forget(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
     }
 }
 
@@ -84,7 +84,10 @@ mod tests {
         assert_eq!(w.finish(1, 100), Some(103));
         assert_eq!(w.finish(0, 5), Some(6));
         assert_eq!(w.finish(1, 103), Some(104));
-        w.reset();
-        assert_eq!(w.finish(0, 6), None, "unknown after reset");
+        w.track(0, 6);
+        w.track(1, 105);
+        w.forget(0);
+        assert_eq!(w.finish(0, 6), None, "unknown once forgotten");
+        assert_eq!(w.finish(1, 105), Some(106), "other partitions are kept");
     }
 }

@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
             event_id: shared::ids::EventId::new(),
             tenant_id: tenant,
             event_type: "bench.event".parse()?,
-            payload: payload.as_object().cloned().unwrap_or_default(),
+            payload: shared::payload::Payload::from_value(&payload),
             occurred_at: chrono::Utc::now(),
             idempotency_key: None,
             ordering_key: None,

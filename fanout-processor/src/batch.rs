@@ -6,7 +6,13 @@
 //! caller stores the offsets. A crash anywhere before (3) re-runs the batch: the inserts are
 //! no-ops the second time, and the delivery records are produced again with the same
 //! deterministic delivery ids, so receivers see the same `webhook-id`. Nothing is skipped, and
-//! the only duplicates are records with identical ids.
+//! the only duplicates are records with identical ids. The same holds when the caller re-runs
+//! parts of a batch to isolate a record the database refused (consume.rs).
+//!
+//! **Event ids belong to a tenant.** A direct producer chooses its event ids. One that reuses
+//! an id another tenant's event already has would otherwise attach its deliveries to that
+//! event; so after inserting, the batch asks which of its (event id, tenant) pairs the table
+//! holds under another tenant, and sends those envelopes to `events.invalid` instead.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -19,10 +25,11 @@ use futures::future::try_join_all;
 use rdkafka::Message as _;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared::domain::DeliveryStatus;
 use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
 use shared::kafka::{TopicCatalog, extract_trace_context, trace_headers};
 use shared::records::{
-    DeliveryRecord, EventEnvelope, InvalidEventRecord, SchemaVersion, SourcePosition,
+    DeliveryRecord, EventEnvelope, InvalidEventRecord, RecordLimits, SchemaVersion, SourcePosition,
 };
 
 use crate::cache::{Cache, Snapshot};
@@ -30,6 +37,10 @@ use crate::metrics::Metrics;
 
 /// Header on `events.invalid` records repeating the reason.
 pub const INVALID_REASON_HEADER: &str = "harborhook-invalid-reason";
+/// Longest reason kept on an invalid record.
+const REASON_MAX: usize = 1024;
+/// Room an invalid record needs besides the original value (reason, key, source, framing).
+const INVALID_OVERHEAD: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -46,6 +57,19 @@ pub enum BatchError {
     Encode(#[from] serde_json::Error),
 }
 
+impl BatchError {
+    /// Whether the error is about the batch's data (one of its records), so retrying the same
+    /// batch can never succeed: the caller then isolates the record (consume.rs).
+    pub fn permanent(&self) -> bool {
+        match self {
+            Self::Db(e) => shared::db::permanent(e),
+            Self::Produce { source, .. } => shared::kafka::permanent(source),
+            Self::Encode(_) => true,
+            Self::Pool(_) => false,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Fanout {
     pub pool: Pool,
@@ -55,6 +79,7 @@ pub struct Fanout {
     pub metrics: Metrics,
     pub idempotency_window: Duration,
     pub produce_timeout: Duration,
+    pub limits: RecordLimits,
 }
 
 struct Valid<'a> {
@@ -75,9 +100,21 @@ fn source(m: &OwnedMessage) -> SourcePosition {
     }
 }
 
-fn parse(m: &OwnedMessage) -> Result<EventEnvelope, String> {
+/// The envelope, if the record is one the pipeline can store and deliver.
+fn parse(m: &OwnedMessage, limits: &RecordLimits) -> Result<EventEnvelope, String> {
     let bytes = m.payload().ok_or_else(|| "empty record".to_owned())?;
-    serde_json::from_slice(bytes).map_err(|e| format!("not a valid event envelope: {e}"))
+    let envelope: EventEnvelope =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid event envelope: {e}"))?;
+    envelope.check(limits)?;
+    Ok(envelope)
+}
+
+/// What `persist` found out about the batch.
+struct Persisted {
+    /// Events whose (tenant, idempotency key) already belongs to an earlier event.
+    duplicates: HashSet<EventId>,
+    /// (event id, tenant) pairs whose id another tenant's event already has.
+    foreign: HashSet<(EventId, TenantId)>,
 }
 
 impl Fanout {
@@ -86,7 +123,7 @@ impl Fanout {
         let mut valid = Vec::new();
         let mut invalid = Vec::new();
         for m in messages {
-            match parse(m) {
+            match parse(m, &self.limits) {
                 Ok(envelope) => valid.push(Valid {
                     envelope,
                     message: m,
@@ -97,7 +134,20 @@ impl Fanout {
         self.check_tenants(&mut valid, &mut invalid).await?;
         // One view of the subscriptions for the whole batch: what is recorded is what is sent.
         let snapshot = self.cache.snapshot();
-        let duplicates = self.persist(&valid, &snapshot).await?;
+        let Persisted {
+            duplicates,
+            foreign,
+        } = self.persist(&valid, &snapshot).await?;
+        let (foreign_events, valid): (Vec<_>, Vec<_>) = valid
+            .into_iter()
+            .partition(|v| foreign.contains(&(v.envelope.event_id, v.envelope.tenant_id)));
+        invalid.extend(foreign_events.into_iter().map(|v| Invalid {
+            reason: format!(
+                "event_id {} is already the id of another tenant's event",
+                v.envelope.event_id
+            ),
+            message: v.message,
+        }));
 
         let mut sends = Vec::new();
         for v in valid
@@ -119,28 +169,16 @@ impl Fanout {
             );
             for (endpoint, enabled) in targets {
                 if !enabled {
-                    self.metrics.delivery("skipped");
+                    self.metrics.delivery(DeliveryStatus::Skipped.as_str());
                     continue;
                 }
-                let record = DeliveryRecord {
-                    schema_version: SchemaVersion::CURRENT,
-                    delivery_id: DeliveryId::derive(&e.event_id, &endpoint),
-                    event_id: e.event_id,
-                    tenant_id: e.tenant_id,
-                    endpoint_id: endpoint,
-                    event_type: e.event_type.clone(),
-                    payload: e.payload.clone(),
-                    occurred_at: e.occurred_at,
-                    attempt: 1,
-                    attempts: Vec::new(),
-                    replay: None,
-                };
+                let record = DeliveryRecord::first_attempt(e.into(), endpoint, None);
                 sends.push((
                     endpoint.to_string(),
                     serde_json::to_vec(&record)?,
                     trace_headers(&cx, &e.tenant_id),
                 ));
-                self.metrics.delivery("pending");
+                self.metrics.delivery(DeliveryStatus::Pending.as_str());
             }
         }
         for _ in &duplicates {
@@ -155,38 +193,64 @@ impl Fanout {
             self.send(record, deliveries)
         });
         try_join_all(produced).await?;
-
-        let mut invalid_sends = Vec::new();
-        for i in &invalid {
-            self.metrics.event("invalid");
-            tracing::warn!(partition = i.message.partition(), offset = i.message.offset(), reason = %i.reason, "invalid event record");
-            let record = InvalidEventRecord {
-                schema_version: SchemaVersion::CURRENT,
-                reason: i.reason.clone(),
-                received_at: Utc::now(),
-                source: source(i.message),
-                key_base64: i.message.key().map(|k| BASE64.encode(k)),
-                value_base64: BASE64.encode(i.message.payload().unwrap_or_default()),
-            };
-            invalid_sends.push((i, serde_json::to_vec(&record)?));
-        }
-        let topic = self.catalog.events_invalid();
-        let produced = invalid_sends.iter().map(|(i, value)| {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: INVALID_REASON_HEADER,
-                value: Some(&i.reason),
-            });
-            let mut record = FutureRecord::to(topic).payload(value).headers(headers);
-            if let Some(key) = i.message.key() {
-                record = record.key(key);
-            }
-            self.send(record, topic)
-        });
-        try_join_all(produced).await?;
+        try_join_all(
+            invalid
+                .iter()
+                .map(|i| self.quarantine(i.message, &i.reason)),
+        )
+        .await?;
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Sends `m` to `events.invalid` with `reason` (what an operator sees, docs/fanout.md). A
+    /// value too large to fit base64-encoded is cut; its source position finds the original.
+    pub async fn quarantine(&self, m: &OwnedMessage, reason: &str) -> Result<(), BatchError> {
+        self.metrics.event("invalid");
+        let reason = shared::text::cut(reason, REASON_MAX);
+        tracing::warn!(
+            partition = m.partition(),
+            offset = m.offset(),
+            reason,
+            "invalid event record"
+        );
+        let value = m.payload().unwrap_or_default();
+        let room = self
+            .limits
+            .message_max_bytes
+            .saturating_sub(INVALID_OVERHEAD)
+            / 4
+            * 3;
+        let kept = &value[..value.len().min(room)];
+        let record = InvalidEventRecord {
+            schema_version: SchemaVersion::CURRENT,
+            reason: reason.to_owned(),
+            received_at: Utc::now(),
+            source: source(m),
+            key_base64: m.key().map(|k| BASE64.encode(k)),
+            value_base64: BASE64.encode(kept),
+            value_truncated: kept.len() < value.len(),
+            value_bytes: value.len(),
+        };
+        let value = serde_json::to_vec(&record)?;
+        // A header value must be one line of text; the record itself keeps the whole reason.
+        let header: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: INVALID_REASON_HEADER,
+            value: Some(&header),
+        });
+        let topic = self.catalog.events_invalid();
+        let mut out = FutureRecord::to(topic).payload(&value).headers(headers);
+        let key = m.key().filter(|k| k.len() <= 1024);
+        if let Some(key) = key {
+            out = out.key(key);
+        }
+        self.send(out, topic).await
     }
 
     async fn send<K: rdkafka::message::ToBytes + ?Sized>(
@@ -243,18 +307,80 @@ impl Fanout {
         Ok(())
     }
 
-    /// Records idempotency keys, events and deliveries in one transaction. Returns the events
-    /// that are duplicates of an earlier event with the same (tenant, idempotency key).
+    /// Records idempotency keys, events and deliveries in one transaction (module docs).
     async fn persist(
         &self,
         valid: &[Valid<'_>],
         snapshot: &Snapshot,
-    ) -> Result<HashSet<EventId>, BatchError> {
+    ) -> Result<Persisted, BatchError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let duplicates = self.record_keys(&tx, valid).await?;
 
-        // Idempotency keys of direct producers (the gateway's are already recorded with the
-        // same event id). Within the batch only the first of a key is offered.
+        let mut ev = EventColumns::default();
+        for v in valid
+            .iter()
+            .filter(|v| !duplicates.contains(&v.envelope.event_id))
+        {
+            ev.push(&v.envelope);
+        }
+        let mut foreign = HashSet::new();
+        if !ev.ids.is_empty() {
+            let inserted = tx
+                .query(
+                    "INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at)
+                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+                     ON CONFLICT (id) DO NOTHING RETURNING id",
+                    &[&ev.ids, &ev.tenants, &ev.types, &ev.payloads, &ev.idempotency, &ev.ordering, &ev.created],
+                )
+                .await?;
+            // Ids that were there already: a re-run (same tenant) or another tenant's event.
+            if inserted.len() < ev.ids.len() {
+                let rows = tx
+                    .query(
+                        "SELECT x.id, x.t FROM UNNEST($1::uuid[], $2::uuid[]) AS x(id, t)
+                         JOIN events e ON e.id = x.id WHERE e.tenant_id <> x.t",
+                        &[&ev.ids, &ev.tenants],
+                    )
+                    .await?;
+                foreign = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                self.release_keys(&tx, valid, &foreign).await?;
+            }
+        }
+        let mut dl = DeliveryColumns::default();
+        for v in valid.iter().filter(|v| {
+            let e = &v.envelope;
+            !duplicates.contains(&e.event_id) && !foreign.contains(&(e.event_id, e.tenant_id))
+        }) {
+            let e = &v.envelope;
+            for (endpoint, enabled) in snapshot.targets(&e.tenant_id, &e.event_type) {
+                dl.push(e, endpoint, enabled);
+            }
+        }
+        if !dl.ids.is_empty() {
+            tx.execute(
+                "INSERT INTO deliveries (id, tenant_id, event_id, endpoint_id, event_type, status, skip_reason)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[])
+                 ON CONFLICT (id) DO NOTHING",
+                &[&dl.ids, &dl.tenants, &dl.events, &dl.endpoints, &dl.types, &dl.statuses, &dl.reasons],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Persisted {
+            duplicates,
+            foreign,
+        })
+    }
+
+    /// Idempotency keys of direct producers (the gateway's are already recorded with the same
+    /// event id). Within the batch only the first of a key is offered. Returns the events that
+    /// are duplicates of an earlier event with the same (tenant, idempotency key).
+    async fn record_keys(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        valid: &[Valid<'_>],
+    ) -> Result<HashSet<EventId>, BatchError> {
         let mut seen = HashSet::new();
         let (mut k_tenants, mut k_keys, mut k_events) = (Vec::new(), Vec::new(), Vec::new());
         for v in valid {
@@ -267,121 +393,123 @@ impl Fanout {
             }
         }
         let mut duplicates = HashSet::new();
-        if !k_keys.is_empty() {
-            let window = format!("{} milliseconds", self.idempotency_window.as_millis());
-            tx.execute(
-                "INSERT INTO idempotency_keys (tenant_id, key, event_id, request_hash, state, expires_at)
-                 SELECT t, k, e, 'direct', 'published', now() + $4::text::interval
-                 FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS x(t, k, e)
-                 ON CONFLICT (tenant_id, key) DO UPDATE SET
-                    event_id = EXCLUDED.event_id, request_hash = EXCLUDED.request_hash, state = 'published',
-                    created_at = now(), expires_at = EXCLUDED.expires_at
-                 WHERE idempotency_keys.expires_at <= now()",
-                &[&k_tenants, &k_keys, &k_events, &window],
+        if k_keys.is_empty() {
+            return Ok(duplicates);
+        }
+        let window = format!("{} milliseconds", self.idempotency_window.as_millis());
+        tx.execute(
+            "INSERT INTO idempotency_keys (tenant_id, key, event_id, request_hash, state, expires_at)
+             SELECT t, k, e, 'direct', 'published', now() + $4::text::interval
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS x(t, k, e)
+             ON CONFLICT (tenant_id, key) DO UPDATE SET
+                event_id = EXCLUDED.event_id, request_hash = EXCLUDED.request_hash, state = 'published',
+                created_at = now(), expires_at = EXCLUDED.expires_at
+             WHERE idempotency_keys.expires_at <= now()",
+            &[&k_tenants, &k_keys, &k_events, &window],
+        )
+        .await?;
+        let rows = tx
+            .query(
+                "SELECT i.tenant_id, i.key, i.event_id FROM idempotency_keys i
+                 JOIN UNNEST($1::uuid[], $2::text[]) AS x(t, k) ON i.tenant_id = x.t AND i.key = x.k",
+                &[&k_tenants, &k_keys],
             )
             .await?;
-            let rows = tx
-                .query(
-                    "SELECT i.tenant_id, i.key, i.event_id FROM idempotency_keys i
-                     JOIN UNNEST($1::uuid[], $2::text[]) AS x(t, k) ON i.tenant_id = x.t AND i.key = x.k",
-                    &[&k_tenants, &k_keys],
-                )
-                .await?;
-            let owner: HashMap<(TenantId, String), EventId> = rows
-                .iter()
-                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-                .collect();
-            for v in valid {
-                let e = &v.envelope;
-                if let Some(key) = &e.idempotency_key
-                    && owner
-                        .get(&(e.tenant_id, key.clone()))
-                        .is_some_and(|first| *first != e.event_id)
-                {
-                    duplicates.insert(e.event_id);
-                }
-            }
-        }
-
-        let mut ev = EventColumns::default();
-        let mut dl = DeliveryColumns::default();
-        for v in valid
+        let owner: HashMap<(TenantId, String), EventId> = rows
             .iter()
-            .filter(|v| !duplicates.contains(&v.envelope.event_id))
-        {
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        for v in valid {
             let e = &v.envelope;
-            ev.push(e);
-            for (endpoint, enabled) in snapshot.targets(&e.tenant_id, &e.event_type) {
-                dl.push(e, endpoint, enabled);
+            if let Some(key) = &e.idempotency_key
+                && owner
+                    .get(&(e.tenant_id, key.clone()))
+                    .is_some_and(|first| *first != e.event_id)
+            {
+                duplicates.insert(e.event_id);
             }
         }
-        if !ev.ids.is_empty() {
-            tx.execute(
-                "INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::timestamptz[])
-                 ON CONFLICT (id) DO NOTHING",
-                &[&ev.ids, &ev.tenants, &ev.types, &ev.payloads, &ev.idempotency, &ev.ordering, &ev.created],
-            )
-            .await?;
-        }
-        if !dl.ids.is_empty() {
-            tx.execute(
-                "INSERT INTO deliveries (id, tenant_id, event_id, endpoint_id, event_type, status, skip_reason)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[])
-                 ON CONFLICT (id) DO NOTHING",
-                &[&dl.ids, &dl.tenants, &dl.events, &dl.endpoints, &dl.types, &dl.statuses, &dl.reasons],
-            )
-            .await?;
-        }
-        tx.commit().await?;
         Ok(duplicates)
+    }
+
+    /// Forgets the idempotency keys this batch recorded for envelopes that turned out to
+    /// reuse another tenant's event id, so the key does not point at a foreign event.
+    async fn release_keys(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        valid: &[Valid<'_>],
+        foreign: &HashSet<(EventId, TenantId)>,
+    ) -> Result<(), BatchError> {
+        let (mut tenants, mut keys, mut events) = (Vec::new(), Vec::new(), Vec::new());
+        for v in valid {
+            let e = &v.envelope;
+            if let Some(key) = &e.idempotency_key
+                && foreign.contains(&(e.event_id, e.tenant_id))
+            {
+                tenants.push(e.tenant_id);
+                keys.push(key.as_str());
+                events.push(e.event_id);
+            }
+        }
+        if !keys.is_empty() {
+            tx.execute(
+                "DELETE FROM idempotency_keys i USING UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS x(t, k, e)
+                 WHERE i.tenant_id = x.t AND i.key = x.k AND i.event_id = x.e AND i.request_hash = 'direct'",
+                &[&tenants, &keys, &events],
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
 #[derive(Default)]
-struct EventColumns {
+struct EventColumns<'a> {
     ids: Vec<EventId>,
     tenants: Vec<TenantId>,
-    types: Vec<String>,
-    payloads: Vec<serde_json::Value>,
-    idempotency: Vec<Option<String>>,
-    ordering: Vec<Option<String>>,
+    types: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+    idempotency: Vec<Option<&'a str>>,
+    ordering: Vec<Option<&'a str>>,
     created: Vec<chrono::DateTime<Utc>>,
 }
 
-impl EventColumns {
-    fn push(&mut self, e: &EventEnvelope) {
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, e: &'a EventEnvelope) {
         self.ids.push(e.event_id);
         self.tenants.push(e.tenant_id);
-        self.types.push(e.event_type.to_string());
-        self.payloads
-            .push(serde_json::Value::Object(e.payload.clone()));
-        self.idempotency.push(e.idempotency_key.clone());
-        self.ordering.push(e.ordering_key.clone());
+        self.types.push(e.event_type.as_str());
+        self.payloads.push(e.payload.as_str());
+        self.idempotency.push(e.idempotency_key.as_deref());
+        self.ordering.push(e.ordering_key.as_deref());
         self.created.push(e.occurred_at);
     }
 }
 
 #[derive(Default)]
-struct DeliveryColumns {
+struct DeliveryColumns<'a> {
     ids: Vec<DeliveryId>,
     tenants: Vec<TenantId>,
     events: Vec<EventId>,
     endpoints: Vec<EndpointId>,
-    types: Vec<String>,
+    types: Vec<&'a str>,
     statuses: Vec<&'static str>,
     reasons: Vec<Option<&'static str>>,
 }
 
-impl DeliveryColumns {
-    fn push(&mut self, e: &EventEnvelope, endpoint: EndpointId, enabled: bool) {
+impl<'a> DeliveryColumns<'a> {
+    fn push(&mut self, e: &'a EventEnvelope, endpoint: EndpointId, enabled: bool) {
         self.ids.push(DeliveryId::derive(&e.event_id, &endpoint));
         self.tenants.push(e.tenant_id);
         self.events.push(e.event_id);
         self.endpoints.push(endpoint);
-        self.types.push(e.event_type.to_string());
-        self.statuses
-            .push(if enabled { "pending" } else { "skipped" });
+        self.types.push(e.event_type.as_str());
+        let status = if enabled {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Skipped
+        };
+        self.statuses.push(status.as_str());
         self.reasons.push(if enabled {
             None
         } else {

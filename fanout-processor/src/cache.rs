@@ -5,12 +5,16 @@
 //! and everything after a reconnect and every `fanout.cache_reload_interval`.
 //!
 //! Snapshots are immutable and swapped whole (`Arc`), so a batch sees one consistent view.
+//! Loads overlap (a full reload, a notification's tenant reload, a batch's check of a tenant it
+//! does not know yet); each is applied through `shared::versioned`, so an older load never
+//! overwrites a newer one and a deleted tenant cannot be brought back by a slow full reload.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use shared::domain::{EventType, EventTypePattern};
 use shared::ids::{EndpointId, TenantId};
+use shared::versioned::{Scope, Stamps, Versioned};
 use tokio_postgres::GenericClient;
 
 /// One subscription of an endpoint, with the endpoint's state.
@@ -21,21 +25,21 @@ pub struct Route {
     pub enabled: bool,
 }
 
-#[derive(Debug, Default)]
+/// Each existing tenant's routes (an entry per tenant, empty when it has none).
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    tenants: HashSet<TenantId>,
-    routes: HashMap<TenantId, Vec<Route>>,
+    tenants: Versioned<TenantId, Vec<Route>>,
 }
 
 impl Snapshot {
     pub fn has_tenant(&self, tenant: &TenantId) -> bool {
-        self.tenants.contains(tenant)
+        self.tenants.get(tenant).is_some()
     }
 
     /// The endpoints `event_type` goes to, each once, with whether it is enabled.
     pub fn targets(&self, tenant: &TenantId, event_type: &EventType) -> Vec<(EndpointId, bool)> {
         let mut out: Vec<(EndpointId, bool)> = Vec::new();
-        for route in self.routes.get(tenant).into_iter().flatten() {
+        for route in self.tenants.get(tenant).into_iter().flatten() {
             if route.pattern.matches(event_type) && !out.iter().any(|(e, _)| *e == route.endpoint) {
                 out.push((route.endpoint, route.enabled));
             }
@@ -47,6 +51,7 @@ impl Snapshot {
 #[derive(Clone, Default)]
 pub struct Cache {
     current: Arc<RwLock<Arc<Snapshot>>>,
+    stamps: Arc<Stamps>,
 }
 
 const ROUTES_SQL: &str = "SELECT s.tenant_id, s.event_type_pattern, s.endpoint_id, e.enabled
@@ -78,28 +83,40 @@ impl Cache {
             .clone()
     }
 
-    fn swap(&self, next: Snapshot) {
-        *self
+    /// Applies a load to the current snapshot, under the write lock (no lost updates).
+    fn apply(&self, f: impl FnOnce(&mut Snapshot)) {
+        let mut guard = self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = Snapshot::clone(&guard);
+        f(&mut next);
+        *guard = Arc::new(next);
     }
 
     pub async fn reload_all(
         &self,
         client: &impl GenericClient,
     ) -> Result<(), tokio_postgres::Error> {
+        let stamp = self.stamps.take();
         let tenants = client.query("SELECT id FROM tenants", &[]).await?;
         let rows = client.query(ROUTES_SQL, &[]).await?;
-        let mut next = Snapshot {
-            tenants: tenants.iter().map(|r| r.get(0)).collect(),
-            routes: HashMap::new(),
-        };
+        let mut routes: HashMap<TenantId, Vec<Route>> =
+            tenants.iter().map(|r| (r.get(0), Vec::new())).collect();
         for (tenant, route) in routes_from(&rows) {
-            next.routes.entry(tenant).or_default().push(route);
+            // A route of a tenant created after the first query waits for its own reload.
+            if let Some(list) = routes.get_mut(&tenant) {
+                list.push(route);
+            }
         }
-        tracing::debug!(tenants = next.tenants.len(), "subscription cache reloaded");
-        self.swap(next);
+        tracing::debug!(tenants = routes.len(), "subscription cache reloaded");
+        self.apply(|s| {
+            s.tenants.apply(
+                stamp,
+                Scope::All,
+                routes.into_iter().map(|(t, r)| (t, t, r)),
+            );
+        });
         Ok(())
     }
 
@@ -108,6 +125,7 @@ impl Cache {
         client: &impl GenericClient,
         tenant: &TenantId,
     ) -> Result<(), tokio_postgres::Error> {
+        let stamp = self.stamps.take();
         let exists = client
             .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[tenant])
             .await?
@@ -115,23 +133,11 @@ impl Cache {
         let rows = client
             .query(&format!("{ROUTES_SQL} WHERE s.tenant_id = $1"), &[tenant])
             .await?;
-        let old = self.snapshot();
-        let mut next = Snapshot {
-            tenants: old.tenants.clone(),
-            routes: old.routes.clone(),
-        };
-        if exists {
-            next.tenants.insert(*tenant);
-        } else {
-            next.tenants.remove(tenant);
-        }
         let routes: Vec<Route> = routes_from(&rows).into_iter().map(|(_, r)| r).collect();
-        if routes.is_empty() {
-            next.routes.remove(tenant);
-        } else {
-            next.routes.insert(*tenant, routes);
-        }
-        self.swap(next);
+        let fresh = exists.then_some((*tenant, *tenant, routes));
+        self.apply(|s| {
+            s.tenants.apply(stamp, Scope::One(*tenant), fresh);
+        });
         Ok(())
     }
 }

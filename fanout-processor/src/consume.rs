@@ -3,55 +3,35 @@
 //!
 //! **Offsets.** Auto-store is off (shared::kafka). A batch is handled whole and in order, so
 //! once `handle` returned, every record up to the highest offset of each partition in the batch
-//! is durable, and storing that offset is exact. A failing batch (database or broker down) is
-//! retried with backoff, never skipped: the partition waits rather than loses events. Poison
-//! records are not failures: they go to `events.invalid` and their offsets move on.
+//! is durable, and storing that offset is exact. Poison records are not failures: they go to
+//! `events.invalid` and their offsets move on.
+//!
+//! **Transient or permanent.** A failing batch is retried with backoff when the failure is
+//! transient (the database or the broker is away, a timeout): the partition waits rather than
+//! loses events. A failure that is about the data (PostgreSQL refused a value, the broker
+//! refused a record as too large) would fail the same way forever and stop every partition this
+//! worker owns; so the batch is split in halves, each handled on its own, down to the one record
+//! that fails alone, which goes to `events.invalid` with the database's or broker's reason. The
+//! halves are handled in order, and handling is idempotent (batch.rs), so the split changes
+//! nothing for the records that were fine.
 //!
 //! **Rebalance and shutdown.** Before partitions are revoked the context commits what was
 //! stored, so the next owner starts right after it; a batch in progress for a revoked
-//! partition may be handled twice, which the deterministic ids make harmless. On shutdown the
-//! loop finishes its batch, stores, and commits synchronously.
+//! partition may be handled twice, which the deterministic ids make harmless, and its offset is
+//! not stored here (the partition is no longer ours, or is ours again from the commit). On
+//! shutdown the loop finishes its batch, stores, and commits synchronously.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use rdkafka::ClientContext;
 use rdkafka::Message as _;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::types::RDKafkaErrorCode;
+use shared::kafka::{Rebalancing, commit};
+use shared::liveness::Heartbeat;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::Fanout;
-
-/// Commits stored offsets before partitions are taken away.
-pub struct CommitOnRevoke;
-
-impl ClientContext for CommitOnRevoke {}
-
-impl ConsumerContext for CommitOnRevoke {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(
-                partitions = partitions.count(),
-                "partitions revoked; committing"
-            );
-            commit(consumer);
-        }
-    }
-}
-
-fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(consumer: &C) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        // Nothing stored since the last commit.
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "offset commit failed"),
-    }
-}
+use crate::batch::{BatchError, Fanout};
 
 pub struct BatchSettings {
     pub max: usize,
@@ -60,13 +40,17 @@ pub struct BatchSettings {
 
 /// Reads the next batch: waits for one record, then takes more until `max` or `linger`.
 async fn next_batch(
-    consumer: &StreamConsumer<CommitOnRevoke>,
+    consumer: &StreamConsumer<Rebalancing>,
     settings: &BatchSettings,
+    heartbeat: &Heartbeat,
     shutdown: &CancellationToken,
 ) -> Option<Vec<OwnedMessage>> {
+    // Idle, the loop still shows that it runs.
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     let first = loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
+            _ = tick.tick() => heartbeat.ran(),
             m = consumer.recv() => match m {
                 Ok(m) => break m.detach(),
                 Err(e) => {
@@ -88,18 +72,56 @@ async fn next_batch(
     Some(batch)
 }
 
+/// Handles `batch`, isolating records that fail permanently (module docs); returns only
+/// transient errors.
+async fn handle_isolating(fanout: &Fanout, batch: &[OwnedMessage]) -> Result<(), BatchError> {
+    match fanout.handle(batch).await {
+        Ok(()) => Ok(()),
+        Err(e) if !e.permanent() => Err(e),
+        Err(e) => {
+            if let [one] = batch {
+                let reason = format!("refused downstream: {}", shared::error_chain(&e));
+                return match fanout.quarantine(one, &reason).await {
+                    Err(q) if q.permanent() => {
+                        // Not even the quarantine record can be written: count and skip.
+                        fanout.metrics.event("dropped");
+                        tracing::error!(partition = one.partition(), offset = one.offset(),
+                            error = %shared::error_chain(&q), "event record could not be quarantined; skipped");
+                        Ok(())
+                    }
+                    other => other,
+                };
+            }
+            tracing::warn!(records = batch.len(), error = %shared::error_chain(&e),
+                "a record of the batch was refused; isolating it");
+            let (a, b) = batch.split_at(batch.len() / 2);
+            Box::pin(handle_isolating(fanout, a)).await?;
+            Box::pin(handle_isolating(fanout, b)).await
+        }
+    }
+}
+
 pub async fn run(
-    consumer: std::sync::Arc<StreamConsumer<CommitOnRevoke>>,
+    consumer: std::sync::Arc<StreamConsumer<Rebalancing>>,
     fanout: Fanout,
     settings: BatchSettings,
+    heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
-    while let Some(batch) = next_batch(&consumer, &settings, &shutdown).await {
+    loop {
+        heartbeat.busy(false);
+        // Revokes before this batch concern partitions whose offsets it does not store.
+        consumer.context().take_revoked();
+        let Some(batch) = next_batch(&consumer, &settings, &heartbeat, &shutdown).await else {
+            break;
+        };
+        heartbeat.busy(true);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match fanout.handle(&batch).await {
+            match handle_isolating(&fanout, &batch).await {
                 Ok(()) => break,
                 Err(e) => {
+                    heartbeat.ran();
                     tracing::error!(error = %shared::error_chain(&e), records = batch.len(), "batch failed; retrying");
                     tokio::select! {
                         // Not stored: the batch is handled again after the restart.
@@ -110,6 +132,9 @@ pub async fn run(
                 }
             }
         }
+        heartbeat.progressed();
+        let revoked: HashSet<(String, i32)> =
+            consumer.context().take_revoked().into_iter().collect();
         let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
         for m in &batch {
             let slot = highest
@@ -118,6 +143,9 @@ pub async fn run(
             *slot = (*slot).max(m.offset());
         }
         for ((topic, partition), offset) in highest {
+            if revoked.contains(&(topic.to_owned(), partition)) {
+                continue;
+            }
             // Fails only for a partition revoked meanwhile; its next owner re-handles it.
             if let Err(e) = consumer.store_offset(topic, partition, offset) {
                 tracing::debug!(topic, partition, offset, error = %e, "offset not stored");

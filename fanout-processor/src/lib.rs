@@ -42,6 +42,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.clone(),
         config.fanout.cache_reload_interval,
         ready_tx,
+        foundation.liveness.register("config-listener"),
         shutdown.clone(),
     ));
     // Fan-out against an empty cache would drop every event's deliveries: wait for the load.
@@ -62,36 +63,50 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         produce_timeout: std::time::Duration::from_millis(u64::from(
             config.kafka.message_timeout_ms,
         )),
+        limits: config.record_limits(),
     };
-    let mut tasks = vec![maintain];
+    let mut tasks = vec![("config-listener".to_owned(), maintain)];
     for n in 0..config.fanout.workers {
         let client_id = format!("{NAME}-{n}");
-        let consumer =
-            shared::kafka::consumer(&config.kafka, &client_id, &group, consume::CommitOnRevoke)?;
+        let consumer = shared::kafka::consumer(
+            &config.kafka,
+            &client_id,
+            &group,
+            shared::kafka::Rebalancing::default(),
+        )?;
         consumer.subscribe(&access.subscription())?;
         let consumer = std::sync::Arc::new(consumer);
         let gauges = fanout.metrics.clone();
         // The events backlog an operator alerts on (KEDA reads the same from the broker).
-        tasks.push(tokio::spawn(shared::kafka::report_lag(
-            consumer.clone(),
-            shutdown.clone(),
-            move |partition, lag| {
-                gauges
-                    .lag
-                    .get_or_create(&metrics::Partition { partition })
-                    .set(lag);
-            },
-        )));
+        tasks.push((
+            format!("lag-reporter-{n}"),
+            tokio::spawn(shared::kafka::report_lag(
+                consumer.clone(),
+                shutdown.clone(),
+                move |partition, lag| {
+                    gauges
+                        .lag
+                        .get_or_create(&metrics::Partition { partition })
+                        .set(lag);
+                },
+            )),
+        ));
         let settings = consume::BatchSettings {
             max: config.fanout.max_batch,
             linger: config.fanout.batch_linger,
         };
-        tasks.push(tokio::spawn(consume::run(
-            consumer,
-            fanout.clone(),
-            settings,
-            shutdown.clone(),
-        )));
+        let name = format!("fanout-worker-{n}");
+        let heartbeat = foundation.liveness.register(name.clone());
+        tasks.push((
+            name,
+            tokio::spawn(consume::run(
+                consumer,
+                fanout.clone(),
+                settings,
+                heartbeat,
+                shutdown.clone(),
+            )),
+        ));
     }
     Ok(ops.with_tasks(tasks))
 }

@@ -1,5 +1,6 @@
 //! The fanout-processor's metrics (prefixed `harborhook_` by the registry):
-//! `fanout_events_total{outcome}` (fanned_out, no_subscribers, duplicate, invalid),
+//! `fanout_events_total{outcome}` (fanned_out, no_subscribers, duplicate, invalid, dropped:
+//! a record that could not even be quarantined),
 //! `fanout_deliveries_total{status}` (pending, skipped), `fanout_batch_duration_seconds`,
 //! `fanout_consumer_lag{partition}` (records not yet read from this instance's `events`
 //! partitions).
@@ -64,7 +65,13 @@ impl Metrics {
         );
         // Every outcome and status exists from the start, at zero (rate() and ratios work
         // before the first occurrence).
-        for outcome in ["fanned_out", "no_subscribers", "duplicate", "invalid"] {
+        for outcome in [
+            "fanned_out",
+            "no_subscribers",
+            "duplicate",
+            "invalid",
+            "dropped",
+        ] {
             drop(m.events.get_or_create(&Outcome { outcome }));
         }
         for status in ["pending", "skipped"] {

@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use shared::Config;
 use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
-use shared::records::{DeliveryRecord, ReplayInfo, SchemaVersion};
+use shared::records::{DeliveryRecord, ReplayInfo};
 
 use crate::CliError;
 use crate::output::{Progress, block, emit, table};
@@ -309,23 +309,25 @@ pub async fn replay(
             .await?;
         for r in &claimed {
             limiter.wait().await;
-            let payload: Value = r.get(5);
-            let record = DeliveryRecord {
-                schema_version: SchemaVersion::CURRENT,
-                delivery_id: r.get(0),
-                tenant_id: r.get(1),
-                endpoint_id: r.get(2),
-                event_id: r.get(3),
-                event_type: r
-                    .get::<_, String>(4)
-                    .parse()
-                    .map_err(|e| CliError::failed(format!("stored event type: {e}"), ""))?,
-                payload: payload.as_object().cloned().unwrap_or_default(),
-                occurred_at: r.get(6),
-                attempt: 1,
-                attempts: Vec::new(),
-                replay: Some(info.clone()),
-            };
+            let payload = shared::payload::Payload::stored(
+                serde_json::value::RawValue::from_string(r.get(5))
+                    .map_err(|e| CliError::failed(format!("stored payload: {e}"), ""))?,
+            );
+            let event_type: shared::domain::EventType = r
+                .get::<_, String>(4)
+                .parse()
+                .map_err(|e| CliError::failed(format!("stored event type: {e}"), ""))?;
+            let record = DeliveryRecord::first_attempt(
+                shared::records::EventRef {
+                    event_id: r.get(3),
+                    tenant_id: r.get(1),
+                    event_type: &event_type,
+                    payload: &payload,
+                    occurred_at: r.get(6),
+                },
+                r.get(2),
+                Some(info.clone()),
+            );
             send(&producer, &topic, &record).await?;
         }
         tx.execute(
@@ -364,8 +366,18 @@ pub async fn send(
 ) -> Result<(), CliError> {
     let value = serde_json::to_vec(record).map_err(|e| CliError::failed(e.to_string(), ""))?;
     let key = record.endpoint_id.to_string();
+    // The headers every record on `deliveries` carries (docs/kafka.md): a fresh trace for the
+    // replay, and the tenant.
+    let headers =
+        shared::kafka::trace_headers(&shared::telemetry::current_context(), &record.tenant_id);
     producer
-        .send(FutureRecord::to(topic).key(&key).payload(&value), Duration::from_secs(30))
+        .send(
+            FutureRecord::to(topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers),
+            Duration::from_secs(30),
+        )
         .await
         .map_err(|(e, _)| {
             CliError::failed(

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use shared::Config;
 use shared::domain::EventTypePattern;
 use shared::ids::{DeliveryId, EndpointId, TenantId};
-use shared::records::{DeliveryRecord, EventEnvelope, ReplayInfo, SchemaVersion};
+use shared::records::{DeliveryRecord, EventEnvelope, ReplayInfo};
 use uuid::Uuid;
 
 use crate::CliError;
@@ -221,6 +221,8 @@ pub async fn events(config: &Config, json_out: bool, r: EventsReplay) -> Result<
     let events: Vec<EventEnvelope> = read_range(config, r.since, r.until)
         .await?
         .into_iter()
+        // Envelopes fan-out refused (they are on events.invalid) are not replayed either.
+        .filter(|e| e.check(&config.record_limits()).is_ok())
         .filter(|e| r.tenant.is_none_or(|t| t == e.tenant_id))
         .filter(|e| {
             r.event_type
@@ -311,7 +313,7 @@ pub async fn events(config: &Config, json_out: bool, r: EventsReplay) -> Result<
                 "INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
                 &[
-                    &e.event_id, &e.tenant_id, &e.event_type.as_str(), &Value::Object(e.payload.clone()),
+                    &e.event_id, &e.tenant_id, &e.event_type.as_str(), &e.payload.as_str(),
                     &e.idempotency_key, &e.ordering_key, &e.occurred_at,
                 ],
             )
@@ -323,19 +325,7 @@ pub async fn events(config: &Config, json_out: bool, r: EventsReplay) -> Result<
                 &[&id, &e.tenant_id, &e.event_id, endpoint, &e.event_type.as_str()],
             )
             .await?;
-        let record = DeliveryRecord {
-            schema_version: SchemaVersion::CURRENT,
-            delivery_id: id,
-            event_id: e.event_id,
-            tenant_id: e.tenant_id,
-            endpoint_id: *endpoint,
-            event_type: e.event_type.clone(),
-            payload: e.payload.clone(),
-            occurred_at: e.occurred_at,
-            attempt: 1,
-            attempts: Vec::new(),
-            replay: Some(info.clone()),
-        };
+        let record = DeliveryRecord::first_attempt((*e).into(), *endpoint, Some(info.clone()));
         crate::dlq::send(&producer, &topic, &record).await?;
         progress.advance(1);
     }

@@ -356,7 +356,7 @@ async fn events_replay_refans_out_exactly_a_time_range() -> anyhow::Result<()> {
             event_id: EventId::new(),
             tenant_id: t,
             event_type: event_type.parse().expect("type"),
-            payload: json!({"x": 1}).as_object().cloned().unwrap_or_default(),
+            payload: shared::payload::Payload::from_value(&json!({"x": 1})),
             occurred_at: Utc::now(),
             idempotency_key: None,
             ordering_key: None,

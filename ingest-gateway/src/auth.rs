@@ -246,6 +246,18 @@ impl Verifier {
                 "token is bound to no tenant and has no operator scope",
             ));
         }
+        // The subject is recorded (replays, logs): it must be storable and bounded.
+        if shared::text::check(
+            &claims.sub,
+            shared::records::REQUESTED_BY_MAX,
+            shared::text::Lines::Single,
+        )
+        .is_err()
+        {
+            return Err(unauthorized(
+                "token sub must be 1 to 255 bytes without control characters",
+            ));
+        }
         Ok(Principal {
             subject: claims.sub,
             tenant,

@@ -27,8 +27,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is larger than {limit} bytes")]
-    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("expected content-type application/json")]
     UnsupportedMediaType,
     #[error("{message}")]
@@ -64,6 +64,26 @@ impl ApiError {
         }
     }
 
+    /// A client's free-text field checked for what can be stored and shown (shared::text).
+    pub fn text(
+        field: &str,
+        value: &str,
+        max: usize,
+        lines: shared::text::Lines,
+    ) -> Result<(), Self> {
+        shared::text::check(value, max, lines).map_err(|e| Self::invalid(field, e))
+    }
+
+    /// As [`ApiError::text`], for a field that may be empty.
+    pub fn optional_text(
+        field: &str,
+        value: &str,
+        max: usize,
+        lines: shared::text::Lines,
+    ) -> Result<(), Self> {
+        shared::text::check_optional(value, max, lines).map_err(|e| Self::invalid(field, e))
+    }
+
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Internal(Box::new(e))
     }
@@ -84,7 +104,7 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -115,6 +135,29 @@ impl From<tokio_postgres::Error> for ApiError {
         if e.is_closed() {
             return Self::Unavailable {
                 message: "the database is unavailable".into(),
+                retry_after_secs: 1,
+            };
+        }
+        // A value the database refused (a data exception, a constraint): the handlers check
+        // values before they get here, so this is the net behind them. It is the request's
+        // fault, not ours: 422 naming what was refused, never a 500 (and logged, since a check
+        // at the door is missing).
+        if shared::db::permanent(&e)
+            && let Some(db) = e.as_db_error()
+        {
+            tracing::warn!(error = %shared::error_chain(&e), "the database refused a value the API let through");
+            return Self::Unprocessable {
+                message: format!("a value could not be stored: {}", db.message()),
+                details: vec![json!({"sqlstate": db.code().code()})],
+            };
+        }
+        if matches!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("57014" | "40001" | "40P01" | "55P03")
+        ) {
+            // Statement timeout, serialization failure, deadlock, lock not available.
+            return Self::Unavailable {
+                message: "the database is busy; retry".into(),
                 retry_after_secs: 1,
             };
         }

@@ -1,6 +1,8 @@
 //! Request extractors that turn every malformed input into a clear `ApiError`: JSON bodies
 //! (415 for another content type, 413 over the size limit, 400 naming the unknown field or the
-//! path of a wrongly typed value) and query strings.
+//! path of a wrongly typed value, 400 for a body that is not UTF-8) and query strings (400 for
+//! an unknown or malformed parameter, and for a control character in any value: no query
+//! parameter can mean one, and PostgreSQL text cannot hold NUL).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -43,7 +45,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map_or(usize::MAX, |l| l.0);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit }
+                ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"))
             } else {
                 ApiError::bad_request("unreadable_body", rejection.body_text())
             }
@@ -94,6 +96,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.query().unwrap_or("");
+        for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+            if let Some(c) = key.chars().chain(value.chars()).find(|c| c.is_control()) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "query parameter `{}`: control character U+{:04X} not allowed",
+                        key.chars().filter(|c| !c.is_control()).collect::<String>(),
+                        u32::from(c)
+                    ),
+                ));
+            }
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))

@@ -78,11 +78,15 @@ async fn start_gateway(
         kafka,
         producer,
         foundation.catalog.clone(),
-        config.gateway.clone(),
+        &config,
         verifier,
         metrics.clone(),
     );
-    let ops = shared::ops::router(Arc::new(registry), foundation.readiness());
+    let ops = shared::ops::router(
+        Arc::new(registry),
+        foundation.readiness(),
+        foundation.health(),
+    );
     let limit = config.gateway.max_body_bytes;
     let app = Router::new()
         .merge(routes::api())
@@ -103,7 +107,7 @@ async fn start_gateway(
 
     let prune = state.clone();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
+    let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -114,7 +118,8 @@ async fn start_gateway(
     });
 
     let listener = shared::service::bind(config.gateway.listen).await?;
-    let running = shared::service::serve(listener, app, shutdown)?;
+    let running =
+        shared::service::serve(listener, app, shutdown)?.with_task("rate-limit-pruner", pruner);
     tracing::info!(addr = %running.local_addr, "gateway listening");
     Ok(running)
 }

@@ -16,6 +16,11 @@
 //! A key reused within the window for a different request (another type or payload) is a 422.
 //! After the window (`gateway.idempotency_window`) the key starts a new event.
 //!
+//! **What is accepted** is what the pipeline can carry to the receiver unchanged (docs/api.md):
+//! the payload is kept as the JSON text sent (shared::payload) and must fit every record it can
+//! become (shared::records::limits: 413 otherwise, never a 503 from a broker that would refuse
+//! it); keys are 1 to 255 bytes without control characters.
+//!
 //! **Broker deadline.** The gateway's producer has `message.timeout.ms` equal to the publish
 //! timeout, so librdkafka has given up on the record by the time we answer 503: a 503 means the
 //! record was not written, except when the broker wrote it and the ack was lost, which the
@@ -30,7 +35,8 @@ use sha2::{Digest as _, Sha256};
 use shared::domain::EventType;
 use shared::ids::{EventId, TenantId};
 use shared::kafka::trace_headers;
-use shared::records::{EventEnvelope, KEY_MAX, SchemaVersion};
+use shared::payload::Payload;
+use shared::records::{EventEnvelope, SchemaVersion, check_key};
 
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::TenantLabel;
@@ -41,7 +47,8 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     pub event_type: String,
-    pub payload: serde_json::Value,
+    /// Kept as the JSON text sent; checked in `validate`.
+    pub payload: Box<serde_json::value::RawValue>,
     pub idempotency_key: Option<String>,
     pub ordering_key: Option<String>,
 }
@@ -56,20 +63,26 @@ pub struct Published {
 
 struct Validated {
     event_type: EventType,
-    payload: serde_json::Map<String, serde_json::Value>,
+    payload: Payload,
     idempotency_key: Option<String>,
     ordering_key: Option<String>,
     hash: String,
 }
 
-fn validate(req: PublishRequest, header_key: Option<String>) -> ApiResult<Validated> {
+fn validate(
+    state: &AppState,
+    req: PublishRequest,
+    header_key: Option<String>,
+) -> ApiResult<Validated> {
     let event_type: EventType = req
         .event_type
         .parse()
         .map_err(|e| ApiError::invalid("event_type", e))?;
-    let serde_json::Value::Object(payload) = req.payload else {
-        return Err(ApiError::invalid("payload", "must be a JSON object"));
-    };
+    let payload = Payload::parse(req.payload.get()).map_err(|e| ApiError::invalid("payload", e))?;
+    state
+        .limits
+        .check_payload(&payload)
+        .map_err(|e| ApiError::PayloadTooLarge(format!("payload: {e}")))?;
     let idempotency_key = match (header_key, req.idempotency_key) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::invalid(
@@ -83,28 +96,27 @@ fn validate(req: PublishRequest, header_key: Option<String>) -> ApiResult<Valida
         ("idempotency_key", &idempotency_key),
         ("ordering_key", &req.ordering_key),
     ] {
-        if key
-            .as_ref()
-            .is_some_and(|k| k.is_empty() || k.len() > KEY_MAX)
-        {
-            return Err(ApiError::invalid(
-                field,
-                format!("1 to {KEY_MAX} characters"),
-            ));
+        if let Some(key) = key {
+            check_key(key).map_err(|e| ApiError::invalid(field, e))?;
         }
     }
-    // What makes two requests "the same" for idempotency: type, payload and ordering key.
-    let mut hasher = Sha256::new();
-    hasher.update(event_type.as_str().as_bytes());
-    hasher.update([0]);
-    hasher.update(serde_json::to_vec(&payload).unwrap_or_default());
-    hasher.update([0]);
-    hasher.update(req.ordering_key.as_deref().unwrap_or("").as_bytes());
-    let hash = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // What makes two requests "the same" for idempotency: type, payload (as a value: a retry
+    // that spaces or orders its JSON differently is the same request) and ordering key.
+    let hash = if idempotency_key.is_some() {
+        let mut hasher = Sha256::new();
+        hasher.update(event_type.as_str().as_bytes());
+        hasher.update([0]);
+        hasher.update(serde_json::to_vec(&payload.to_map()).unwrap_or_default());
+        hasher.update([0]);
+        hasher.update(req.ordering_key.as_deref().unwrap_or("").as_bytes());
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    } else {
+        String::new()
+    };
     Ok(Validated {
         event_type,
         payload,
@@ -223,7 +235,7 @@ pub async fn publish(
     req: PublishRequest,
     header_key: Option<String>,
 ) -> ApiResult<Published> {
-    let v = validate(req, header_key)?;
+    let v = validate(state, req, header_key)?;
     let event_id = match &v.idempotency_key {
         Some(key) => match claim(state, &tenant, key, &v.hash).await? {
             Claim::Done(event_id) => {
@@ -290,6 +302,14 @@ async fn produce(state: &AppState, envelope: &EventEnvelope) -> ApiResult<()> {
     state.metrics.produce.observe(start.elapsed().as_secs_f64());
     match sent {
         Ok(Ok(_)) => Ok(()),
+        // Refused for its size after all (a broker limit below the producer's): the request's
+        // problem, 413, not an outage.
+        Ok(Err((e, _))) if shared::kafka::permanent(&e) => {
+            tracing::warn!(event_id = %envelope.event_id, error = %e, "the broker refused the event");
+            Err(ApiError::PayloadTooLarge(format!(
+                "the event log refused the event ({e}); make the payload smaller"
+            )))
+        }
         Ok(Err((e, _))) => {
             tracing::warn!(event_id = %envelope.event_id, error = %e, "produce failed");
             state.replace_producer_if_fatal();

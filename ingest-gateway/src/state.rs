@@ -26,6 +26,8 @@ pub struct Inner {
     pub config: GatewayConfig,
     pub verifier: Verifier,
     pub metrics: Metrics,
+    /// The largest payload the pipeline carries (shared::records::limits).
+    pub limits: shared::records::RecordLimits,
     limiter: DefaultKeyedRateLimiter<String>,
 }
 
@@ -42,10 +44,12 @@ impl AppState {
         kafka: KafkaConfig,
         producer: FutureProducer,
         catalog: TopicCatalog,
-        config: GatewayConfig,
+        config: &shared::Config,
         verifier: Verifier,
         metrics: Metrics,
     ) -> Self {
+        let limits = config.record_limits();
+        let config = config.gateway.clone();
         let rate = NonZeroU32::new(config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst));
@@ -57,6 +61,7 @@ impl AppState {
             config,
             verifier,
             metrics,
+            limits,
             limiter,
         }))
     }

@@ -33,7 +33,7 @@ async fn seed(
     let delivery = DeliveryId::derive(&event, endpoint);
     db.execute(
         "INSERT INTO events (id, tenant_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
-        &[&event, tenant, &event_type, &json!({"n": 1}), &at],
+        &[&event, tenant, &event_type, &r#"{"n": 1}"#, &at],
     )
     .await?;
     db.execute(

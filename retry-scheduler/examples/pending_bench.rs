@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
                 tenant_id: tenant,
                 endpoint_id: endpoint,
                 event_type: "bench.event".parse()?,
-                payload: json!({"n": i}).as_object().cloned().unwrap_or_default(),
+                payload: shared::payload::Payload::from_value(&json!({"n": i})),
                 occurred_at: chrono::Utc::now(),
                 attempt: 2,
                 attempts: Vec::new(),

@@ -8,8 +8,6 @@ mod metrics;
 mod schedule;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer as _;
@@ -32,20 +30,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )
     .await?;
-    let generation = Arc::new(AtomicU64::new(0));
     let access = shared::kafka::access(shared::kafka::Principal::RetryScheduler, &config);
     let group = access.group_id();
     // A resumed partition's head record should arrive at once, not after a long-poll wait.
-    let consumer: rdkafka::consumer::StreamConsumer<schedule::SchedulerContext> =
+    let consumer: rdkafka::consumer::StreamConsumer<shared::kafka::Rebalancing> =
         shared::kafka::consumer_config(&config.kafka, NAME, group)
             .set("fetch.wait.max.ms", "100")
             // Only each partition's head matters; a small prefetch keeps memory flat however
             // many retries are pending (docs/performance.md).
             .set("queued.min.messages", "1000")
             .set("queued.max.messages.kbytes", "4096")
-            .create_with_context(schedule::SchedulerContext {
-                generation: generation.clone(),
-            })?;
+            .create_with_context(shared::kafka::Rebalancing::resuming())?;
     let tiers: HashMap<String, String> = foundation
         .catalog
         .retry_tiers()
@@ -57,16 +52,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let scheduler = schedule::Scheduler {
         consumer,
         producer: foundation.producer.clone(),
+        pool: foundation.pool.clone(),
         deliveries_topic: foundation.catalog.deliveries().to_owned(),
+        dlq_topic: foundation.catalog.dlq().to_owned(),
         tiers,
         metrics,
-        generation,
         produce_timeout: std::time::Duration::from_millis(u64::from(
             config.kafka.message_timeout_ms,
         )),
+        heartbeat: foundation.liveness.register("scheduler"),
     };
     let worker = tokio::spawn(scheduler.run(shutdown));
-    Ok(ops.with_tasks(vec![worker]))
+    Ok(ops.with_task("scheduler", worker))
 }
 
 /// Runs the service until `shutdown` is cancelled.

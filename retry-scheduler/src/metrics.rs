@@ -27,6 +27,7 @@ pub struct Metrics {
     pub paused: Gauge,
     pub malformed: Family<Tier, Counter>,
     pub lag: Family<Tier, Gauge>,
+    pub undeliverable: Counter,
 }
 
 impl Metrics {
@@ -37,6 +38,7 @@ impl Metrics {
             paused: Gauge::default(),
             malformed: Family::default(),
             lag: Family::default(),
+            undeliverable: Counter::default(),
         };
         registry.register(
             "retry_reenqueued",
@@ -62,6 +64,11 @@ impl Metrics {
             "retry_lag",
             "Records waiting in this instance's tier partitions, by tier",
             m.lag.clone(),
+        );
+        registry.register(
+            "retry_undeliverable",
+            "Due deliveries the broker refused to take back (too large, invalid); dead-lettered",
+            m.undeliverable.clone(),
         );
         m
     }

@@ -10,71 +10,41 @@
 //! comes back. In steady state the lateness is the resume plus one fetch round trip
 //! (`fetch.wait.max.ms` is lowered for this consumer).
 //!
-//! **Rebalance.** A rebalance (eager) revokes every partition and forgets every pause: the
-//! revoke handler bumps a generation number, and a timer whose generation is stale is ignored.
-//! After the new assignment each partition starts from its committed offset, its head record
-//! is fetched again and, if not due, paused again — on whichever instance now owns it. An
-//! instance that lost a partition therefore neither resumes it nor keeps its timer alive.
+//! **Rebalance.** A revoke (of every partition with the eager assignors, of some with
+//! `cooperative-sticky`) forgets the pauses of exactly the revoked partitions: each partition
+//! has a generation (shared::kafka::rebalance), bumped when it is revoked, and a timer whose
+//! generation is stale is ignored. After a new assignment each partition starts from its
+//! committed offset, is resumed (the context resumes every newly assigned partition), its head
+//! record is fetched again and, if not due, paused again — on whichever instance now owns it.
+//! An instance that lost a partition therefore neither resumes it nor keeps its timer alive,
+//! and the partitions it keeps stay paused until their own due time.
+//!
+//! **Errors.** A re-enqueue is retried until the broker acknowledges it when the failure is
+//! transient. One the broker refuses for the record itself (too large, invalid) can never
+//! succeed and would stop its partition: that delivery is dead-lettered as `undeliverable`
+//! instead, and if even the dead letter is refused, its row in PostgreSQL is marked so and the
+//! record skipped (logged and counted): never a partition stopped for good.
 //!
 //! **Memory** is one small entry per paused partition: pending records stay in Kafka.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
+use deadpool_postgres::Pool;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
-use shared::records::RetryRecord;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use shared::kafka::{Generations, Rebalancing, commit};
+use shared::liveness::Heartbeat;
+use shared::records::{
+    DeadLetterReason, DeadLetterRecord, ERROR_MAX, RetryRecord, SchemaVersion, SourcePosition,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Tier};
-
-/// Forgets pauses on revoke (by bumping the generation) and commits what was stored.
-pub struct SchedulerContext {
-    pub generation: Arc<AtomicU64>,
-}
-
-impl ClientContext for SchedulerContext {}
-
-impl ConsumerContext for SchedulerContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            commit(consumer);
-        }
-    }
-
-    /// librdkafka keeps a partition's pause flag across a revoke and a re-assignment to the
-    /// same member; our timers for it were forgotten, so it would stay paused forever (the
-    /// classic retry-topic bug). Every newly assigned partition is therefore resumed; its head
-    /// record is fetched again and paused anew if not due.
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(partitions) = rebalance {
-            tracing::debug!(partitions = ?partitions, "assigned");
-        }
-        if let Rebalance::Assign(partitions) = rebalance
-            && let Err(e) = consumer.resume(partitions)
-        {
-            tracing::warn!(error = %e, "resuming newly assigned partitions failed");
-        }
-    }
-}
-
-fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(consumer: &C) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "offset commit failed"),
-    }
-}
 
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -86,14 +56,24 @@ struct Resume {
 }
 
 pub struct Scheduler {
-    pub consumer: StreamConsumer<SchedulerContext>,
+    pub consumer: StreamConsumer<Rebalancing>,
     pub producer: FutureProducer,
+    pub pool: Pool,
     pub deliveries_topic: String,
+    pub dlq_topic: String,
     /// Tier name by topic.
     pub tiers: HashMap<String, String>,
     pub metrics: Metrics,
-    pub generation: Arc<AtomicU64>,
     pub produce_timeout: Duration,
+    pub heartbeat: Heartbeat,
+}
+
+/// How a produce ended.
+enum Sent {
+    Acked,
+    /// The broker refused the record for good: why.
+    Refused(String),
+    Shutdown,
 }
 
 fn tpl(topic: &str, partition: i32) -> TopicPartitionList {
@@ -106,41 +86,55 @@ impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
         let (resume_tx, mut resume_rx) = mpsc::channel::<Resume>(1024);
         let mut paused: HashMap<(String, i32), u64> = HashMap::new();
+        let mut generations = Generations::default();
         let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
         loop {
-            let generation = self.generation.load(Ordering::SeqCst);
-            // Pauses of an earlier generation were forgotten by a rebalance.
-            paused.retain(|_, g| *g == generation);
             self.metrics
                 .paused
                 .set(i64::try_from(paused.len()).unwrap_or(i64::MAX));
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = lag_tick.tick() => self.update_lag(),
-                Some(r) = resume_rx.recv() => {
+            enum Wake<'a> {
+                Stop,
+                Lag,
+                Resume(Option<Resume>),
+                Message(rdkafka::error::KafkaResult<BorrowedMessage<'a>>),
+            }
+            let wake = tokio::select! {
+                _ = shutdown.cancelled() => Wake::Stop,
+                _ = lag_tick.tick() => Wake::Lag,
+                r = resume_rx.recv() => Wake::Resume(r),
+                m = self.consumer.recv() => Wake::Message(m),
+            };
+            // Pauses of revoked partitions are forgotten (module docs), before anything else.
+            for p in generations.revoke(self.consumer.context().take_revoked()) {
+                paused.remove(&p);
+            }
+            self.heartbeat.ran();
+            match wake {
+                Wake::Stop => break,
+                Wake::Lag => self.update_lag(),
+                Wake::Resume(None) => {}
+                Wake::Resume(Some(r)) => {
                     tracing::debug!(topic = %r.topic, partition = r.partition, generation = r.generation, "timer fired");
-                    if r.generation == self.generation.load(Ordering::SeqCst)
-                        && paused.remove(&(r.topic.clone(), r.partition)).is_some()
-                        && let Err(e) = self.consumer.resume(&tpl(&r.topic, r.partition))
+                    let key = (r.topic.clone(), r.partition);
+                    if paused.get(&key) == Some(&r.generation)
+                        && r.generation == generations.of(&r.topic, r.partition)
                     {
-                        tracing::warn!(topic = %r.topic, partition = r.partition, error = %e, "resume failed");
-                    }
-                }
-                m = self.consumer.recv() => match m {
-                    Ok(m) => {
-                        if let Some(wait) = self.handle(&m, &shutdown).await {
-                            // The generation now, not at the top of the loop: a rebalance is
-                            // served inside recv(), and a timer of the old generation would be
-                            // ignored, leaving this partition paused for good.
-                            let current = self.generation.load(Ordering::SeqCst);
-                            self.pause(&m, wait, current, &resume_tx, &mut paused);
+                        paused.remove(&key);
+                        if let Err(e) = self.consumer.resume(&tpl(&r.topic, r.partition)) {
+                            tracing::warn!(topic = %r.topic, partition = r.partition, error = %e, "resume failed");
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consume error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Wake::Message(Ok(m)) => {
+                    if let Some(wait) = self.handle(&m, &shutdown).await {
+                        let generation = generations.of(m.topic(), m.partition());
+                        self.pause(&m, wait, generation, &resume_tx, &mut paused);
                     }
-                },
+                }
+                Wake::Message(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
         commit(&self.consumer);
@@ -171,14 +165,6 @@ impl Scheduler {
         if record.due_at > now {
             return Some((record.due_at - now).to_std().unwrap_or_default());
         }
-        let value = match serde_json::to_vec(&record.delivery) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "re-encoding a delivery failed; skipping");
-                self.store(m);
-                return None;
-            }
-        };
         let key = record.delivery.endpoint_id.to_string();
         let headers = m.headers().map_or_else(OwnedHeaders::new, |h| {
             h.iter()
@@ -186,33 +172,152 @@ impl Scheduler {
                     acc.insert(h)
                 })
         });
-        // Retried until acked: a record must not be skipped because the broker blinked.
+        self.heartbeat.busy(true);
+        let sent = match serde_json::to_vec(&record.delivery) {
+            Ok(value) => {
+                self.send(&self.deliveries_topic, &key, &value, &headers, shutdown)
+                    .await
+            }
+            Err(e) => Sent::Refused(format!("re-encoding the delivery: {e}")),
+        };
+        let done = match sent {
+            Sent::Acked => {
+                let late = (Utc::now() - record.due_at).to_std().unwrap_or_default();
+                self.metrics
+                    .lateness
+                    .get_or_create(&Tier { tier: tier.clone() })
+                    .observe(late.as_secs_f64());
+                self.metrics.reenqueued.get_or_create(&Tier { tier }).inc();
+                true
+            }
+            Sent::Refused(why) => {
+                self.undeliverable(m, record, &key, &headers, &why, shutdown)
+                    .await
+            }
+            // Not stored: handled again after restart.
+            Sent::Shutdown => false,
+        };
+        self.heartbeat.busy(false);
+        if done {
+            self.heartbeat.progressed();
+            self.store(m);
+        }
+        None
+    }
+
+    /// Produces until acknowledged, refused for good, or shutdown.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        headers: &OwnedHeaders,
+        shutdown: &CancellationToken,
+    ) -> Sent {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let record_out = FutureRecord::to(&self.deliveries_topic)
-                .key(&key)
-                .payload(&value)
+            let record = FutureRecord::to(topic)
+                .key(key)
+                .payload(value)
                 .headers(headers.clone());
-            match self.producer.send(record_out, self.produce_timeout).await {
-                Ok(_) => break,
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, "re-enqueue failed; retrying");
-                    if shutdown.is_cancelled() {
-                        return None; // Not stored: handled again after restart.
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+            match self.producer.send(record, self.produce_timeout).await {
+                Ok(_) => return Sent::Acked,
+                Err((e, _)) if shared::kafka::permanent(&e) => {
+                    return Sent::Refused(format!(
+                        "the broker refused the record for {topic}: {e}"
+                    ));
                 }
+                Err((e, _)) => tracing::warn!(error = %e, topic, "re-enqueue failed; retrying"),
+            }
+            self.heartbeat.ran();
+            if shutdown.is_cancelled() {
+                return Sent::Shutdown;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// A due delivery the broker will not take back on `deliveries`: dead-letter it, or at
+    /// least mark its row (module docs). Returns whether the record may be released.
+    async fn undeliverable(
+        &self,
+        m: &BorrowedMessage<'_>,
+        record: RetryRecord,
+        key: &str,
+        headers: &OwnedHeaders,
+        why: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        tracing::error!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            error = why,
+            "a due delivery cannot be re-enqueued; dead-lettering it as undeliverable"
+        );
+        self.metrics.undeliverable.inc();
+        let source = SourcePosition {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let delivery_id = record.delivery.delivery_id;
+        let dead = DeadLetterRecord {
+            schema_version: SchemaVersion::CURRENT,
+            reason: DeadLetterReason::Undeliverable,
+            dead_lettered_at: Utc::now(),
+            delivery: record.delivery,
+            last_status: None,
+            error_class: None,
+            response_body: None,
+            error: Some(shared::text::cut(why, ERROR_MAX).to_owned()),
+            source: source.clone(),
+        };
+        let value = serde_json::to_vec(&dead).unwrap_or_default();
+        match self
+            .send(&self.dlq_topic, key, &value, headers, shutdown)
+            .await
+        {
+            Sent::Acked => {}
+            Sent::Shutdown => return false,
+            Sent::Refused(e) => {
+                tracing::error!(error = %e, "the dead letter was refused too; marking the row only");
             }
         }
-        let late = (Utc::now() - record.due_at).to_std().unwrap_or_default();
-        self.metrics
-            .lateness
-            .get_or_create(&Tier { tier: tier.clone() })
-            .observe(late.as_secs_f64());
-        self.metrics.reenqueued.get_or_create(&Tier { tier }).inc();
-        self.store(m);
-        None
+        // The row says so (the API and `harborctl dlq` list it), whether or not the record
+        // reached the DLQ topic; retried while the database is away.
+        let source = serde_json::to_value(&source).unwrap_or_default();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let marked = match self.pool.get().await {
+                Ok(client) => client
+                    .execute(
+                        "UPDATE deliveries SET status = 'dead_lettered', dead_letter_reason = 'undeliverable',
+                            dead_letter_source = $2, updated_at = now()
+                         WHERE id = $1 AND status <> 'delivered'",
+                        &[&delivery_id as &(dyn tokio_postgres::types::ToSql + Sync), &source],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (shared::db::permanent(&e), shared::error_chain(&e))),
+                Err(e) => Err((false, shared::error_chain(&e))),
+            };
+            match marked {
+                Ok(()) => return true,
+                Err((true, e)) => {
+                    tracing::error!(error = %e, "marking the row failed for good; skipped");
+                    return true;
+                }
+                Err((false, e)) => tracing::warn!(error = %e, "marking the row failed; retrying"),
+            }
+            self.heartbeat.ran();
+            if shutdown.is_cancelled() {
+                return false;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Sets `retry_lag{tier}`: per owned partition, the high watermark minus the next offset

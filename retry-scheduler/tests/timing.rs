@@ -66,7 +66,7 @@ impl Setup {
             tenant_id: self.tenant,
             endpoint_id: *endpoint,
             event_type: "a.b".parse()?,
-            payload: json!({"n": 1}).as_object().cloned().unwrap_or_default(),
+            payload: shared::payload::Payload::from_value(&json!({"n": 1})),
             occurred_at: Utc::now(),
             attempt: 2,
             attempts: Vec::new(),

@@ -51,6 +51,7 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub delivery: DeliveryConfig,
     pub scheduler: OpsConfig,
+    pub liveness: LivenessConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +72,10 @@ pub struct KafkaConfig {
     pub batch_size_bytes: u32,
     /// How long the producer retries one record before reporting failure.
     pub message_timeout_ms: u32,
+    /// The producer's `message.max.bytes`: the largest record (key, value and headers) it
+    /// sends. The payload limit of the API and of direct producers is derived from it
+    /// (docs/api.md); topics must accept records this large (`max.message.bytes`).
+    pub message_max_bytes: u32,
     pub session_timeout_ms: u32,
     /// librdkafka's `partition.assignment.strategy`; see docs/kafka.md for why the default.
     pub partition_assignment_strategy: String,
@@ -92,6 +97,7 @@ impl Default for KafkaConfig {
             linger_ms: 5,
             batch_size_bytes: 1_000_000,
             message_timeout_ms: 30_000,
+            message_max_bytes: 1_000_000,
             session_timeout_ms: 30_000,
             partition_assignment_strategy: "roundrobin".into(),
             ensure_topics_on_start: true,
@@ -144,6 +150,10 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// Longest a statement may run (`statement_timeout`): a query stuck on a lock fails and is
+    /// retried instead of hanging a loop. Migrations run without it.
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -153,6 +163,7 @@ impl Default for DatabaseConfig {
             schema: None,
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -316,6 +327,11 @@ pub struct DeliveryConfig {
     pub max_pending: usize,
     /// HTTP requests in flight across all endpoints.
     pub max_in_flight: usize,
+    /// The share of `max_in_flight` and of `max_pending` one tenant may hold (0 < share <= 1).
+    pub tenant_share: f64,
+    /// The share of `max_in_flight` and of `max_pending` one endpoint may hold; an endpoint's
+    /// own `max_in_flight` is capped by it too.
+    pub endpoint_share: f64,
     /// Records waiting for a saturated endpoint; beyond this they are deferred to the first
     /// retry tier without counting an attempt.
     pub endpoint_queue: usize,
@@ -353,6 +369,8 @@ impl Default for DeliveryConfig {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9102)),
             max_pending: 10_000,
             max_in_flight: 1_000,
+            tenant_share: 0.25,
+            endpoint_share: 0.1,
             endpoint_queue: 10_000,
             max_queue_wait: Duration::from_secs(5),
             circuit_failure_threshold: 10,
@@ -365,6 +383,25 @@ impl Default for DeliveryConfig {
             attempt_linger: Duration::from_millis(5),
             drain_timeout: Duration::from_secs(20),
             cache_reload_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// When a service's own loops count as stuck (`/healthz` fails, Kubernetes restarts the pod).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LivenessConfig {
+    /// A loop with work to do that has not completed any for this long, while the broker and
+    /// the database answer, fails liveness; one that has not even run for this long fails it
+    /// regardless (docs/operations/service-down.md).
+    #[serde(deserialize_with = "duration")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        Self {
+            stall_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -396,6 +433,7 @@ impl Default for Config {
             fanout: FanoutConfig::default(),
             delivery: DeliveryConfig::default(),
             scheduler: OpsConfig::on_port(9103),
+            liveness: LivenessConfig::default(),
         }
     }
 }
@@ -501,6 +539,24 @@ impl Config {
         if k.message_timeout_ms < 1_000 {
             return Err(invalid("kafka.message_timeout_ms", "must be at least 1000"));
         }
+        if k.message_max_bytes > 1_000_000_000 {
+            return Err(invalid(
+                "kafka.message_max_bytes",
+                "at most 1000000000 (librdkafka's limit)",
+            ));
+        }
+        let limits = self.record_limits();
+        if limits.max_payload_bytes() < crate::records::MIN_PAYLOAD_BYTES {
+            return Err(invalid(
+                "kafka.message_max_bytes",
+                format!(
+                    "must leave at least {} bytes for a payload after the largest record envelope ({} bytes)",
+                    crate::records::MIN_PAYLOAD_BYTES,
+                    limits.envelope_bytes
+                ),
+            ));
+        }
+        check_strategy(&k.partition_assignment_strategy)?;
         let t = &self.topics;
         for (key, n) in [
             ("topics.events_partitions", t.events_partitions),
@@ -533,6 +589,9 @@ impl Config {
         }
         if db.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        if db.statement_timeout < Duration::from_secs(1) {
+            return Err(invalid("database.statement_timeout", "must be at least 1s"));
         }
         let g = &self.gateway;
         if g.max_body_bytes < 1024 {
@@ -598,6 +657,14 @@ impl Config {
                 return Err(invalid(key, format!("must be between 1 and {max}")));
             }
         }
+        for (key, share) in [
+            ("delivery.tenant_share", d.tenant_share),
+            ("delivery.endpoint_share", d.endpoint_share),
+        ] {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(invalid(key, "a fraction above 0 and at most 1"));
+            }
+        }
         if d.circuit_failure_threshold == 0 {
             return Err(invalid(
                 "delivery.circuit_failure_threshold",
@@ -616,6 +683,7 @@ impl Config {
                 "must be at least 1024",
             ));
         }
+        self.check_durations()?;
         for cidr in &d.ssrf_allow {
             if cidr.parse::<ipnet::IpNet>().is_err() {
                 return Err(invalid(
@@ -626,6 +694,109 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// The payload limit and record envelope this configuration implies (records/limits.rs).
+    pub fn record_limits(&self) -> crate::records::RecordLimits {
+        crate::records::RecordLimits::new(
+            usize::try_from(self.kafka.message_max_bytes).unwrap_or(usize::MAX),
+            self.retry.schedule.len(),
+        )
+    }
+
+    /// Every duration has an upper bound: the services add them to clock readings, and an
+    /// instant beyond the clock's range would panic rather than wait.
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        const DAY: u64 = 24 * 3600;
+        let (g, f, d) = (&self.gateway, &self.fanout, &self.delivery);
+        let mut all = vec![
+            (
+                "database.connect_timeout",
+                self.database.connect_timeout,
+                3600,
+            ),
+            (
+                "database.statement_timeout",
+                self.database.statement_timeout,
+                DAY,
+            ),
+            ("retry.jitter_max", self.retry.jitter_max, DAY),
+            ("gateway.idempotency_window", g.idempotency_window, 30 * DAY),
+            ("gateway.publish_timeout", g.publish_timeout, 3600),
+            (
+                "gateway.secret_rotation_overlap",
+                g.secret_rotation_overlap,
+                365 * DAY,
+            ),
+            ("gateway.auth.leeway", g.auth.leeway, DAY),
+            (
+                "gateway.auth.jwks_cache_ttl",
+                g.auth.jwks_cache_ttl,
+                30 * DAY,
+            ),
+            ("fanout.batch_linger", f.batch_linger, 60),
+            ("fanout.cache_reload_interval", f.cache_reload_interval, DAY),
+            ("delivery.max_queue_wait", d.max_queue_wait, DAY),
+            ("delivery.circuit_cooldown", d.circuit_cooldown, 30 * DAY),
+            (
+                "delivery.circuit_max_cooldown",
+                d.circuit_max_cooldown,
+                30 * DAY,
+            ),
+            ("delivery.attempt_linger", d.attempt_linger, 60),
+            ("delivery.drain_timeout", d.drain_timeout, 3600),
+            (
+                "delivery.cache_reload_interval",
+                d.cache_reload_interval,
+                DAY,
+            ),
+            ("liveness.stall_timeout", self.liveness.stall_timeout, DAY),
+        ];
+        all.extend(
+            self.retry
+                .schedule
+                .iter()
+                .map(|delay| ("retry.schedule", *delay, 365 * DAY)),
+        );
+        for (key, value, max_secs) in all {
+            if value > Duration::from_secs(max_secs) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "at most {}",
+                        humantime::format_duration(Duration::from_secs(max_secs))
+                    ),
+                ));
+            }
+        }
+        if self.liveness.stall_timeout < Duration::from_secs(5) {
+            return Err(invalid("liveness.stall_timeout", "must be at least 5s"));
+        }
+        Ok(())
+    }
+}
+
+/// librdkafka's assignors: eager ones may be combined with each other, cooperative-sticky
+/// stands alone (mixing the two protocols is refused by librdkafka at the first rebalance).
+fn check_strategy(value: &str) -> Result<(), ConfigError> {
+    let key = "kafka.partition_assignment_strategy";
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    for name in &names {
+        if !["range", "roundrobin", "cooperative-sticky"].contains(name) {
+            return Err(invalid(
+                key,
+                format!("`{name}` is not one of range, roundrobin, cooperative-sticky"),
+            ));
+        }
+    }
+    if names.len() > 1 && names.contains(&"cooperative-sticky") {
+        return Err(invalid(
+            key,
+            "cooperative-sticky cannot be combined with the eager assignors",
+        ));
+    }
+    Ok(())
 }
 
 fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {

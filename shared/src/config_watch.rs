@@ -8,9 +8,14 @@
 //! the API reaches the services in milliseconds. A notification can be lost when the listening
 //! connection drops; so after every (re)connect the whole cache is reloaded before
 //! notifications are trusted again, and a full reload also runs every `reload_interval` as a
-//! backstop.
+//! backstop. A burst of changes larger than the notification buffer sets an overflow flag
+//! (never dropped, unlike a marker in the full buffer would be) that asks for a full reload.
+//! Loads may overlap (a full reload and a tenant's, or a cache miss): the caches apply them
+//! through `shared::versioned`, so an older load never overwrites a newer one.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -62,15 +67,18 @@ pub async fn maintain<C: Reload>(
     config: Config,
     reload_interval: Duration,
     ready: tokio::sync::watch::Sender<bool>,
+    heartbeat: crate::liveness::Heartbeat,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
+        heartbeat.ran();
         let watch = Watch {
             cache: &cache,
             pool: &pool,
             config: &config,
             reload_interval,
+            heartbeat: &heartbeat,
         };
         match watch.listen_once(&ready, &shutdown).await {
             Ok(()) => return,
@@ -86,11 +94,15 @@ pub async fn maintain<C: Reload>(
     }
 }
 
+/// How often an idle listener reports that it runs (liveness).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
 struct Watch<'a, C> {
     cache: &'a C,
     pool: &'a Pool,
     config: &'a Config,
     reload_interval: Duration,
+    heartbeat: &'a crate::liveness::Heartbeat,
 }
 
 impl<C: Reload> Watch<'_, C> {
@@ -99,19 +111,26 @@ impl<C: Reload> Watch<'_, C> {
         ready: &tokio::sync::watch::Sender<bool>,
         shutdown: &CancellationToken,
     ) -> Result<(), WatchError> {
-        let (client, mut connection) =
-            tokio_postgres::connect(self.config.database.url.expose_secret(), NoTls).await?;
+        let mut pg: tokio_postgres::Config = self.config.database.url.expose_secret().parse()?;
+        // A connect that never completes would hang this loop (liveness), not fail it.
+        pg.connect_timeout(self.config.database.connect_timeout);
+        let (client, mut connection) = pg.connect(NoTls).await?;
         // Notifications arrive through the connection object; forward them, bounded.
         let (tx, mut notifications) = mpsc::channel::<String>(1024);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let overflowed = Arc::new(tokio::sync::Notify::new());
+        let (flag, wake) = (overflow.clone(), overflowed.clone());
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(n)) => {
-                        // A full channel means a burst of changes: dropping is safe only
-                        // because the overflow marker below asks for a full reload.
+                        // A full channel means a burst of changes: dropping one is safe
+                        // because the flag asks for a full reload, and a flag (unlike a
+                        // marker sent into the full channel) cannot itself be dropped.
                         if tx.try_send(n.payload().to_owned()).is_err() {
-                            let _ = tx.try_send(String::new());
+                            flag.store(true, Ordering::SeqCst);
+                            wake.notify_one();
                         }
                     }
                     Ok(_) => {}
@@ -128,12 +147,21 @@ impl<C: Reload> Watch<'_, C> {
         // Only after LISTEN is active: changes from now on are notified, earlier ones loaded.
         self.cache.reload_all(&self.pool.get().await?).await?;
         let _ = ready.send(true);
+        self.heartbeat.progressed();
         let mut full = tokio::time::interval(self.reload_interval);
         full.tick().await;
+        let mut beat = tokio::time::interval(HEARTBEAT);
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = beat.tick() => self.heartbeat.ran(),
                 _ = full.tick() => self.cache.reload_all(&self.pool.get().await?).await?,
+                () = overflowed.notified() => {
+                    if overflow.swap(false, Ordering::SeqCst) {
+                        tracing::info!("notification burst overflowed; reloading everything");
+                        self.cache.reload_all(&self.pool.get().await?).await?;
+                    }
+                }
                 payload = notifications.recv() => match payload {
                     None => break Err(WatchError::ListenerClosed),
                     Some(p) => match p.parse::<TenantId>() {
@@ -144,6 +172,7 @@ impl<C: Reload> Watch<'_, C> {
                     },
                 },
             }
+            self.heartbeat.progressed();
         };
         driver.abort();
         result

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_dead_letters_and_replays.sql",
         sql: include_str!("../../schemas/sql/0003_dead_letters_and_replays.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_payload_text_and_undeliverable.sql",
+        sql: include_str!("../../schemas/sql/0004_payload_text_and_undeliverable.sql"),
+    },
 ];
 
 /// A pool of connections whose `search_path` is the configured schema (if any).
@@ -70,10 +75,15 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
     if pg.get_application_name().is_none() {
         pg.application_name("harborhook");
     }
+    let mut options = format!(
+        "-c statement_timeout={}",
+        config.statement_timeout.as_millis()
+    );
     if let Some(schema) = &config.schema {
         // The schema name was validated as a plain identifier at config load.
-        pg.options(format!("-c search_path={schema}"));
+        options.push_str(&format!(" -c search_path={schema}"));
     }
+    pg.options(options);
     let manager = Manager::from_config(
         pg,
         NoTls,
@@ -107,6 +117,9 @@ pub struct MigrationReport {
 /// Applies every migration the database lacks (see the module docs for the locking).
 pub async fn migrate(pool: &Pool, schema: Option<&str>) -> Result<MigrationReport, DbError> {
     let mut client = pool.get().await?;
+    // A migration may rewrite a large table; the pool's statement timeout is for the services'
+    // own queries. Reset below, before the connection goes back to the pool.
+    client.batch_execute("SET statement_timeout = 0").await?;
     let lock_name = format!("harborhook.migrations:{}", schema.unwrap_or("public"));
     client
         .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_name])
@@ -116,8 +129,10 @@ pub async fn migrate(pool: &Pool, schema: Option<&str>) -> Result<MigrationRepor
     let unlock = client
         .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_name])
         .await;
+    let reset = client.batch_execute("RESET statement_timeout").await;
     let report = result?;
     unlock?;
+    reset?;
     Ok(report)
 }
 
@@ -178,6 +193,18 @@ async fn migrate_locked(
         }
     }
     Ok(report)
+}
+
+/// Whether a database error is about the values of this statement (data exceptions, constraint
+/// violations, a value over a limit: SQLSTATE classes 22, 23 and 54), so the same statement will
+/// fail however often it is retried. Everything else — connections, timeouts, serialization
+/// failures, and also schema errors such as a missing table — is treated as transient: retried,
+/// never used as a reason to quarantine data, since it says nothing about one row.
+pub fn permanent(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        let code = db.code().code();
+        code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+    })
 }
 
 /// `SELECT 1` through the pool: the database half of `/readyz`.

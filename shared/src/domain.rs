@@ -354,6 +354,18 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    pub const ALL: [Self; 9] = [
+        Self::Timeout,
+        Self::Connect,
+        Self::Forbidden,
+        Self::Http5xx,
+        Self::Http4xx,
+        Self::RateLimited,
+        Self::Gone,
+        Self::Redirect,
+        Self::CircuitOpen,
+    ];
+
     /// The stored and serialised name, also used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {

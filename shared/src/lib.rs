@@ -8,7 +8,9 @@ pub mod domain;
 pub mod ids;
 pub mod jwt;
 pub mod kafka;
+pub mod liveness;
 pub mod ops;
+pub mod payload;
 pub mod records;
 pub mod service;
 pub mod shutdown;
@@ -16,6 +18,8 @@ pub mod signing;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod text;
+pub mod versioned;
 
 pub use config::Config;
 

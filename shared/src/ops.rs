@@ -1,9 +1,12 @@
-//! The operations endpoints every service serves: `/healthz` (liveness: the process answers),
-//! `/readyz` (the broker and the database answer, each within a deadline) and `/metrics`
-//! (Prometheus text format from the service's prometheus-client registry).
+//! The operations endpoints every service serves: `/healthz` (liveness: the service's own loops
+//! run and progress, liveness.rs), `/readyz` (the broker and the database answer, each within
+//! a deadline) and `/metrics` (Prometheus text format from the service's prometheus-client
+//! registry).
 //!
-//! Liveness deliberately checks nothing external: restarting a pod because Kafka is down would
-//! only add a restart storm to an outage. Readiness takes the pod out of load balancing instead.
+//! Liveness never fails because a dependency is down: restarting a pod because Kafka is down
+//! would only add a restart storm to an outage, and readiness takes the pod out of load
+//! balancing instead. It fails when a loop hangs, or when a busy loop makes no progress although
+//! the dependencies answer: then a restart is what helps.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,35 +31,74 @@ pub struct Readiness {
     pub producer: FutureProducer,
 }
 
+/// What `/healthz` checks: the service's loops, and how long they may stall.
+#[derive(Clone)]
+pub struct Health {
+    pub liveness: crate::liveness::Liveness,
+    pub stall_timeout: Duration,
+}
+
 #[derive(Clone)]
 struct OpsState {
     registry: Arc<Registry>,
     readiness: Readiness,
+    health: Health,
 }
 
 /// The ops routes, to be merged into a service's own router (the gateway) or served alone.
-pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+pub fn router(registry: Arc<Registry>, readiness: Readiness, health: Health) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(OpsState {
             registry,
             readiness,
+            health,
         })
 }
 
-async fn readyz(State(state): State<OpsState>) -> Response {
-    let database =
-        match tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&state.readiness.pool)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(crate::error_chain(&e)),
-            Err(_) => Err("timed out".to_owned()),
-        };
-    let producer = state.readiness.producer.clone();
+async fn healthz(State(state): State<OpsState>) -> Response {
+    let stalls = state.health.liveness.stalls(state.health.stall_timeout);
+    if stalls.is_empty() {
+        return "ok\n".into_response();
+    }
+    let hung = stalls.iter().any(|s| s.kind == "hung");
+    // A busy loop without progress is stuck only if what it waits on is there: otherwise it
+    // is an outage, and a restart would not help (module docs).
+    let (database, broker) = checks(&state.readiness).await;
+    let dependencies_up = database.is_ok() && broker.is_ok();
+    if !hung && !dependencies_up {
+        return (
+            StatusCode::OK,
+            axum::Json(json!({"status": "waiting_on_dependency", "loops": stalls})),
+        )
+            .into_response();
+    }
+    tracing::error!(loops = ?stalls, "liveness failed: a loop is not making progress");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"status": "stalled", "loops": stalls})),
+    )
+        .into_response()
+}
+
+async fn checks(readiness: &Readiness) -> (Result<(), String>, Result<(), String>) {
+    let database = match tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&readiness.pool)).await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(crate::error_chain(&e)),
+        Err(_) => Err("timed out".to_owned()),
+    };
+    let producer = readiness.producer.clone();
     let broker = tokio::task::spawn_blocking(move || broker_reachable(producer.client()))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
+    (database, broker)
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let (database, broker) = checks(&state.readiness).await;
     let ready = database.is_ok() && broker.is_ok();
     let show = |r: &Result<(), String>| match r {
         Ok(()) => json!({"ok": true}),

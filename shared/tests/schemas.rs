@@ -106,10 +106,9 @@ fn full_delivery() -> DeliveryRecord {
         tenant_id: TenantId::new(),
         endpoint_id,
         event_type: "invoice.paid".parse().expect("event type"),
-        payload: json!({"amount": 42, "nested": {"a": [1, 2]}})
-            .as_object()
-            .cloned()
-            .expect("object"),
+        payload: shared::payload::Payload::from_value(
+            &json!({"amount": 42, "nested": {"a": [1, 2]}}),
+        ),
         occurred_at: at,
         attempt: 3,
         attempts: vec![
@@ -143,7 +142,7 @@ fn full_envelope() -> EventEnvelope {
         event_id: EventId::new(),
         tenant_id: TenantId::new(),
         event_type: "invoice.paid".parse().expect("event type"),
-        payload: json!({"id": "in_1"}).as_object().cloned().expect("object"),
+        payload: shared::payload::Payload::from_value(&json!({"id": "in_1"})),
         occurred_at: Utc::now(),
         idempotency_key: Some("key-1".into()),
         ordering_key: Some("customer-7".into()),
@@ -279,7 +278,10 @@ fn dead_letter_record_agrees_with_its_schema() {
         delivery: full_delivery(),
         last_status: Some(500),
         error_class: Some(ErrorClass::Http5xx),
-        response_body: Some(shared::records::response_excerpt(&"x".repeat(5000))),
+        response_body: Some(shared::records::response_excerpt(
+            "x".repeat(5000).as_bytes(),
+        )),
+        error: Some("the broker refused the record".into()),
         source: source(),
     };
     let sample = serde_json::to_value(&record).expect("serialise");
@@ -312,6 +314,8 @@ fn invalid_event_record_agrees_with_its_schema() {
         },
         key_base64: Some("a2V5".into()),
         value_base64: "bm90IGpzb24=".into(),
+        value_truncated: true,
+        value_bytes: 8,
     };
     let sample = serde_json::to_value(&record).expect("serialise");
     assert_valid(&v, &sample);

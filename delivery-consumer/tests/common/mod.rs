@@ -373,7 +373,7 @@ impl World {
             event_id: EventId::new(),
             tenant_id: *tenant,
             event_type: "order.created".parse()?,
-            payload: json!({"n": n}).as_object().cloned().unwrap_or_default(),
+            payload: shared::payload::Payload::from_value(&json!({"n": n})),
             occurred_at: Utc::now(),
             idempotency_key: None,
             ordering_key: None,

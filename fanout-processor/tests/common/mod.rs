@@ -81,7 +81,7 @@ impl World {
             event_id: EventId::new(),
             tenant_id: *tenant,
             event_type: event_type.parse().expect("event type"),
-            payload: json!({"n": 1}).as_object().cloned().expect("object"),
+            payload: shared::payload::Payload::from_value(&json!({"n": 1})),
             occurred_at: Utc::now(),
             idempotency_key: key.map(str::to_owned),
             ordering_key: None,

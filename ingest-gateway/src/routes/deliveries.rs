@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
 use shared::kafka::trace_headers;
-use shared::records::{DeliveryRecord, ReplayInfo, SchemaVersion};
+use shared::records::{DeliveryRecord, EventRef, REASON_MAX, ReplayInfo};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -217,9 +217,7 @@ pub async fn action(
     }
     let id: DeliveryId = parse_id(id, "delivery")?;
     let reason = body.reason.trim();
-    if reason.is_empty() || reason.len() > 1000 {
-        return Err(ApiError::invalid("reason", "1 to 1000 characters"));
-    }
+    ApiError::text("reason", reason, REASON_MAX, shared::text::Lines::Multi)?;
     let delivery = load(&state, &principal, &id).await?;
     let event = load_event(&state, &principal, &delivery.event_id).await?;
     let mut client = state.pool.get().await?;
@@ -238,28 +236,30 @@ pub async fn action(
     )
     .await?;
     tx.execute(
-        "UPDATE deliveries SET status = 'pending', updated_at = now() WHERE id = $1",
-        &[&id],
+        "UPDATE deliveries SET status = $2, updated_at = now() WHERE id = $1",
+        &[&id, &shared::domain::DeliveryStatus::Pending.as_str()],
     )
     .await?;
-    let record = DeliveryRecord {
-        schema_version: SchemaVersion::CURRENT,
-        delivery_id: id,
-        event_id: delivery.event_id,
-        tenant_id: delivery.tenant_id,
-        endpoint_id: delivery.endpoint_id,
-        event_type: event.event_type().parse().map_err(ApiError::internal)?,
-        payload: event.payload_object(),
-        occurred_at: event.created_at(),
-        attempt: 1,
-        attempts: Vec::new(),
-        replay: Some(ReplayInfo {
-            replay_id: replay_id.to_string(),
-            reason: reason.to_owned(),
-            requested_by: principal.subject.clone(),
-            replayed_at: Utc::now(),
-        }),
+    let event_type: shared::domain::EventType =
+        event.event_type().parse().map_err(ApiError::internal)?;
+    let payload = event.payload();
+    let replay = ReplayInfo {
+        replay_id: replay_id.to_string(),
+        reason: reason.to_owned(),
+        requested_by: principal.subject.clone(),
+        replayed_at: Utc::now(),
     };
+    let record = DeliveryRecord::first_attempt(
+        EventRef {
+            event_id: delivery.event_id,
+            tenant_id: delivery.tenant_id,
+            event_type: &event_type,
+            payload: &payload,
+            occurred_at: event.created_at(),
+        },
+        delivery.endpoint_id,
+        Some(replay),
+    );
     let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
     let key = delivery.endpoint_id.to_string();
     let headers = trace_headers(&shared::telemetry::current_context(), &delivery.tenant_id);

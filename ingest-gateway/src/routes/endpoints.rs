@@ -115,7 +115,20 @@ pub struct UpdateEndpoint {
     headers: Option<BTreeMap<String, String>>,
 }
 
+/// Longest description, in bytes.
+const DESCRIPTION_MAX: usize = 1000;
+/// Longest disable reason, in bytes.
+const REASON_MAX: usize = 1000;
+
 fn check_url(state: &AppState, url: &str) -> ApiResult<()> {
+    // The URL parser would quietly drop or escape control characters and spaces; the stored
+    // URL is the one the tenant sees, so it must be exactly what is requested.
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::invalid(
+            "url",
+            "must not contain spaces or control characters",
+        ));
+    }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ApiError::invalid("url", format!("not an absolute URL ({e})")))?;
     match parsed.scheme() {
@@ -162,10 +175,10 @@ fn check_limits(
     check_range("max_in_flight", max_in_flight, 1..=1000)?;
     check_range("connect_timeout_ms", connect, 100..=60_000)?;
     check_range("timeout_ms", timeout, 100..=300_000)?;
-    if rate.is_some_and(|r| !(r > 0.0 && r <= 10_000.0)) {
+    if rate.is_some_and(|r| !(0.001..=10_000.0).contains(&r)) {
         return Err(ApiError::invalid(
             "rate_limit_per_sec",
-            "must be above 0 and at most 10000",
+            "must be between 0.001 and 10000",
         ));
     }
     Ok(())
@@ -214,6 +227,12 @@ pub async fn create(
     let tenant: TenantId = parse_id(&tenant, "tenant")?;
     principal.require_tenant(&tenant)?;
     check_url(&state, &body.url)?;
+    ApiError::optional_text(
+        "description",
+        &body.description,
+        DESCRIPTION_MAX,
+        shared::text::Lines::Multi,
+    )?;
     check_limits(
         body.max_in_flight,
         body.rate_limit_per_sec,
@@ -344,6 +363,14 @@ pub async fn update(
     let (tenant, id) = ids(&principal, &tenant, &endpoint)?;
     if let Some(url) = &body.url {
         check_url(&state, url)?;
+    }
+    if let Some(description) = &body.description {
+        ApiError::optional_text(
+            "description",
+            description,
+            DESCRIPTION_MAX,
+            shared::text::Lines::Multi,
+        )?;
     }
     check_limits(
         body.max_in_flight,
@@ -486,6 +513,7 @@ pub async fn action(
                 .reason
                 .filter(|r| !r.trim().is_empty())
                 .ok_or_else(|| ApiError::invalid("reason", "required to disable an endpoint"))?;
+            ApiError::text("reason", &reason, REASON_MAX, shared::text::Lines::Multi)?;
             set_enabled(&state, &tenant, &id, Some(reason))
                 .await
                 .map(IntoResponse::into_response)

@@ -66,7 +66,8 @@ pub async fn publish(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    events: Vec<Value>,
+    /// Each item is parsed on its own, so one bad item is that item's error.
+    events: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// Up to 500 events; each is validated and published on its own, and the answer lists each
@@ -87,8 +88,7 @@ pub async fn batch(
     let futures = body.events.into_iter().map(|item| {
         let state = state.clone();
         async move {
-            let req: PublishRequest = serde_json::from_value(item)
-                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+            let req: PublishRequest = crate::extract::parse(item.get().as_bytes())?;
             publish_one(&state, tenant, req, None).await
         }
     });
@@ -119,7 +119,8 @@ pub struct EventView {
     id: EventId,
     tenant_id: TenantId,
     event_type: String,
-    payload: Value,
+    /// The JSON text as published (events.payload is text, migration 0004).
+    payload: Box<serde_json::value::RawValue>,
     idempotency_key: Option<String>,
     ordering_key: Option<String>,
     created_at: DateTime<Utc>,
@@ -132,7 +133,8 @@ impl TryFrom<&Row> for EventView {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
             event_type: row.try_get("event_type")?,
-            payload: row.try_get("payload")?,
+            payload: serde_json::value::RawValue::from_string(row.try_get("payload")?)
+                .map_err(ApiError::internal)?,
             idempotency_key: row.try_get("idempotency_key")?,
             ordering_key: row.try_get("ordering_key")?,
             created_at: row.try_get("created_at")?,
@@ -145,8 +147,8 @@ impl EventView {
         &self.event_type
     }
 
-    pub fn payload_object(&self) -> serde_json::Map<String, Value> {
-        self.payload.as_object().cloned().unwrap_or_default()
+    pub fn payload(&self) -> shared::payload::Payload {
+        shared::payload::Payload::stored(self.payload.clone())
     }
 
     pub fn created_at(&self) -> DateTime<Utc> {
@@ -188,6 +190,10 @@ pub async fn list(
         params.cursor.as_deref(),
     )
     .await?;
+    if let Some(t) = &params.event_type {
+        t.parse::<shared::domain::EventType>()
+            .map_err(|e| ApiError::invalid("type", e))?;
+    }
     let rows = client
         .query(
             &format!(

@@ -35,9 +35,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
     principal.require_operator()?;
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::invalid("name", "1 to 200 characters"));
-    }
+    ApiError::text("name", name, 200, shared::text::Lines::Single)?;
     let id = body.id.unwrap_or_default();
     let client = state.pool.get().await?;
     let row = client

@@ -15,10 +15,18 @@ use crate::ids::TenantId;
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 pub const TENANT_HEADER: &str = "harborhook-tenant-id";
 
+/// The most of a `tracestate` carried (the W3C recommendation: propagate at least 512
+/// characters, drop the state rather than exceed what downstream accepts). A caller's header
+/// therefore cannot make every record of its event larger than the size budget allows.
+pub const TRACESTATE_MAX: usize = 512;
+
 struct HeaderWriter(Vec<(String, String)>);
 
 impl Injector for HeaderWriter {
     fn set(&mut self, key: &str, value: String) {
+        if key.eq_ignore_ascii_case("tracestate") && value.len() > TRACESTATE_MAX {
+            return;
+        }
         self.0.push((key.to_owned(), value));
     }
 }

@@ -12,13 +12,18 @@
 //! over re-delivers as little as possible. `auto.offset.reset=earliest`: a new group starts at
 //! the beginning rather than silently skipping records written before it existed.
 //!
-//! The partition assignment strategy is explicit (`roundrobin` by default, eager): on a rebalance
-//! every partition is revoked and re-assigned, which keeps the revoke handling (drain, store,
-//! commit) one code path. docs/kafka.md says when to choose `cooperative-sticky`.
+//! The partition assignment strategy is explicit (`roundrobin` by default, eager);
+//! `cooperative-sticky` works too, because every loop forgets only the partitions a rebalance
+//! actually revoked (rebalance.rs). docs/kafka.md says when to choose which.
+//!
+//! **Errors.** A failed produce is either transient (the broker is away or slow: retry, lose
+//! nothing) or permanent for that one record ([`permanent`]: too large, invalid): retrying it
+//! would block its partition forever, so the caller isolates the record instead.
 
 mod access;
 mod headers;
 mod lag;
+pub mod rebalance;
 mod topics;
 
 pub use access::{KafkaAccess, Principal, access, group_id};
@@ -39,6 +44,24 @@ use secrecy::ExposeSecret;
 use crate::config::KafkaConfig;
 
 pub use rdkafka::error::KafkaError;
+pub use rebalance::{Generations, Rebalancing, commit};
+
+/// Whether a produce error is about the record itself, so retrying it can never succeed.
+pub fn permanent(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e {
+        KafkaError::MessageProduction(code) => matches!(
+            code,
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::InvalidTimestamp
+        ),
+        _ => false,
+    }
+}
 
 /// Settings shared by producers, consumers and admin clients: where and how to connect.
 pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
@@ -70,6 +93,7 @@ pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer,
         .set("linger.ms", config.linger_ms.to_string())
         .set("batch.size", config.batch_size_bytes.to_string())
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("message.max.bytes", config.message_max_bytes.to_string())
         .create()
 }
 

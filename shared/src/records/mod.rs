@@ -8,19 +8,44 @@
 //! Rust type rejects unknown fields, exactly as its schema does. The internal records tolerate
 //! unknown fields, so during a rolling upgrade an older consumer can read a newer producer's
 //! record; a change that old readers cannot survive bumps `schema_version`.
+//!
+//! Every record a published event can become is bounded in size (limits.rs): the payload is
+//! carried verbatim and everything around it has a maximum, so the gateway and the fan-out
+//! refuse at the door a payload that would not fit the producer's `message.max.bytes` once it
+//! is a retry or dead-letter record, instead of accepting it and failing to forward it later.
+
+mod limits;
+
+pub use limits::{MIN_PAYLOAD_BYTES, RecordLimits, TooLarge};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ErrorClass, EventType};
 use crate::ids::{DeliveryId, EndpointId, EventId, TenantId};
+use crate::payload::Payload;
 
 /// The version every record type is written with today.
 pub const SCHEMA_VERSION: u32 = 1;
 /// The most of a response body kept with an attempt or a dead letter.
 pub const RESPONSE_EXCERPT_MAX: usize = 1024;
-/// Longest idempotency or ordering key accepted.
+/// Longest idempotency or ordering key accepted, in bytes.
 pub const KEY_MAX: usize = 255;
+/// Longest replay reason, in bytes.
+pub const REASON_MAX: usize = 1000;
+/// Longest `requested_by` of a replay (the token's subject), in bytes.
+pub const REQUESTED_BY_MAX: usize = 255;
+/// Longest free-text `error` kept with a dead letter, in bytes.
+pub const ERROR_MAX: usize = 1024;
+
+/// Checks an idempotency or ordering key: 1 to [`KEY_MAX`] bytes, no control characters (it is
+/// stored in PostgreSQL and shown in logs and the API).
+pub fn check_key(key: &str) -> Result<(), crate::text::TextError> {
+    if key.is_empty() {
+        return Err(crate::text::TextError::Empty);
+    }
+    crate::text::check_optional(key, KEY_MAX, crate::text::Lines::Single)
+}
 
 /// A record's `schema_version` must be one this build understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +89,7 @@ pub struct EventEnvelope {
     pub event_id: EventId,
     pub tenant_id: TenantId,
     pub event_type: EventType,
-    pub payload: serde_json::Map<String, serde_json::Value>,
+    pub payload: Payload,
     pub occurred_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -78,6 +103,30 @@ impl EventEnvelope {
         self.ordering_key
             .clone()
             .unwrap_or_else(|| self.event_id.to_string())
+    }
+
+    /// What the envelope's type cannot say about a direct producer's record: the payload,
+    /// the keys and the time are within what the pipeline can store and deliver. The reason
+    /// goes to `events.invalid`.
+    pub fn check(&self, limits: &RecordLimits) -> Result<(), String> {
+        self.payload.check().map_err(|e| format!("payload: {e}"))?;
+        limits
+            .check_payload(&self.payload)
+            .map_err(|e| format!("payload: {e}"))?;
+        for (field, key) in [
+            ("idempotency_key", &self.idempotency_key),
+            ("ordering_key", &self.ordering_key),
+        ] {
+            if let Some(key) = key {
+                check_key(key).map_err(|e| format!("{field}: {e}"))?;
+            }
+        }
+        // PostgreSQL's timestamptz ends in 294276 AD; chrono goes further.
+        let year = chrono::Datelike::year(&self.occurred_at);
+        if !(1..=9999).contains(&year) {
+            return Err("occurred_at: the year must be between 1 and 9999".into());
+        }
+        Ok(())
     }
 }
 
@@ -113,7 +162,7 @@ pub struct DeliveryRecord {
     pub tenant_id: TenantId,
     pub endpoint_id: EndpointId,
     pub event_type: EventType,
-    pub payload: serde_json::Map<String, serde_json::Value>,
+    pub payload: Payload,
     pub occurred_at: DateTime<Utc>,
     /// The number of the attempt this record asks for, 1 for the first.
     pub attempt: u32,
@@ -122,6 +171,52 @@ pub struct DeliveryRecord {
     pub attempts: Vec<AttemptSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayInfo>,
+}
+
+/// The event a delivery carries: what every producer of `deliveries` starts from.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub event_id: EventId,
+    pub tenant_id: TenantId,
+    pub event_type: &'a EventType,
+    pub payload: &'a Payload,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a EventEnvelope> for EventRef<'a> {
+    fn from(e: &'a EventEnvelope) -> Self {
+        Self {
+            event_id: e.event_id,
+            tenant_id: e.tenant_id,
+            event_type: &e.event_type,
+            payload: &e.payload,
+            occurred_at: e.occurred_at,
+        }
+    }
+}
+
+impl DeliveryRecord {
+    /// The first attempt of `event` at `endpoint` (a fan-out, or a replay when `replay` is
+    /// set): the id is derived, so every producer of the same pair sends the same `webhook-id`.
+    pub fn first_attempt(
+        event: EventRef<'_>,
+        endpoint: EndpointId,
+        replay: Option<ReplayInfo>,
+    ) -> Self {
+        Self {
+            schema_version: SchemaVersion::CURRENT,
+            delivery_id: DeliveryId::derive(&event.event_id, &endpoint),
+            event_id: event.event_id,
+            tenant_id: event.tenant_id,
+            endpoint_id: endpoint,
+            event_type: event.event_type.clone(),
+            payload: event.payload.clone(),
+            occurred_at: event.occurred_at,
+            attempt: 1,
+            attempts: Vec::new(),
+            replay,
+        }
+    }
 }
 
 /// On `deliveries.retry.<tier>`: a delivery waiting for its due time. Key: the endpoint id.
@@ -146,15 +241,26 @@ pub enum DeadLetterReason {
     Gone,
     /// The endpoint was deleted or disabled while the delivery was in flight.
     EndpointUnavailable,
+    /// The platform could not forward it (a record over the broker's size limit, an internal
+    /// error); `error` says what. Replayable once the cause is fixed.
+    Undeliverable,
 }
 
 impl DeadLetterReason {
+    pub const ALL: [Self; 4] = [
+        Self::Exhausted,
+        Self::Gone,
+        Self::EndpointUnavailable,
+        Self::Undeliverable,
+    ];
+
     /// The serialised name, also used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Exhausted => "exhausted",
             Self::Gone => "gone",
             Self::EndpointUnavailable => "endpoint_unavailable",
+            Self::Undeliverable => "undeliverable",
         }
     }
 }
@@ -183,11 +289,16 @@ pub struct DeadLetterRecord {
     /// The last response body, cut to at most [`RESPONSE_EXCERPT_MAX`] bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
+    /// What went wrong, for `undeliverable` (at most [`ERROR_MAX`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub source: SourcePosition,
 }
 
 /// On `events.invalid`: a record from `events` that failed validation, kept whole (base64,
-/// since it may not even be UTF-8) with the reason. Key: the original key.
+/// since it may not even be UTF-8) with the reason. Key: the original key. A value too large
+/// to fit base64-encoded is cut (`value_truncated`); `value_bytes` is its whole size and
+/// `source` finds the original on `events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvalidEventRecord {
     pub schema_version: SchemaVersion,
@@ -197,18 +308,16 @@ pub struct InvalidEventRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_base64: Option<String>,
     pub value_base64: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub value_truncated: bool,
+    #[serde(default)]
+    pub value_bytes: usize,
 }
 
-/// Cuts `body` to at most [`RESPONSE_EXCERPT_MAX`] bytes on a character boundary.
-pub fn response_excerpt(body: &str) -> String {
-    if body.len() <= RESPONSE_EXCERPT_MAX {
-        return body.to_owned();
-    }
-    let mut end = RESPONSE_EXCERPT_MAX;
-    while !body.is_char_boundary(end) {
-        end -= 1;
-    }
-    body[..end].to_owned()
+/// A receiver's response body as kept with an attempt or a dead letter: storable text (NUL and
+/// invalid UTF-8 replaced) of at most [`RESPONSE_EXCERPT_MAX`] bytes.
+pub fn response_excerpt(body: &[u8]) -> String {
+    crate::text::from_receiver(body, RESPONSE_EXCERPT_MAX)
 }
 
 #[cfg(test)]
@@ -217,9 +326,9 @@ mod tests {
 
     #[test]
     fn excerpt_respects_limit_and_char_boundaries() {
-        assert_eq!(response_excerpt("short"), "short");
+        assert_eq!(response_excerpt(b"short"), "short");
         let long = "é".repeat(RESPONSE_EXCERPT_MAX);
-        let cut = response_excerpt(&long);
+        let cut = response_excerpt(long.as_bytes());
         assert!(cut.len() <= RESPONSE_EXCERPT_MAX && cut.len() >= RESPONSE_EXCERPT_MAX - 1);
         assert!(cut.chars().all(|c| c == 'é'));
     }

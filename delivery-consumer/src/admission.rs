@@ -1,0 +1,639 @@
+//! Which queued record of which endpoint is sent now, and which is deferred.
+//!
+//! This is the dispatcher's scheduling, without I/O: it takes records, the endpoints'
+//! settings and what finished, and answers with actions (send this job, defer that one, wake
+//! this lane later) that the dispatcher carries out. Being pure, it is driven by a property
+//! test over every setting the API and the configuration accept (no panic, every bound holds).
+//!
+//! **Budgets are shared, not first come first served.** Global limits alone would let one
+//! endpoint take everything: an endpoint that accepts connections and never answers, with
+//! `max_in_flight` 1000 and a 300 s timeout, would hold every in-flight slot, and its queue
+//! would fill `delivery.max_pending` so that reading stops for everyone. So each budget has a
+//! share per tenant and per endpoint (`delivery.tenant_share`, `delivery.endpoint_share`):
+//!
+//! - in flight: an endpoint sends at most `min(its max_in_flight, endpoint_share ×
+//!   delivery.max_in_flight)`, a tenant at most `tenant_share × delivery.max_in_flight`;
+//! - pending: a record arriving for an endpoint that already holds `endpoint_share ×
+//!   delivery.max_pending` records (queued or in flight), or whose tenant holds `tenant_share ×`
+//!   that, is deferred at once (overflow) instead of queued. Deferring is durable and quick,
+//!   so the records of a stuck endpoint flow through to the retry tiers and reading goes on.
+//!
+//! A lane blocked by its tenant's share waits in its tenant's queue, one blocked by the global
+//! cap in the global queue; a finished request wakes its own lane first, then its tenant's
+//! waiting lanes, then the global queue.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use shared::ids::{EndpointId, TenantId};
+
+use crate::job::{Deferral, Job, Signal};
+use crate::lanes::{Admission, Breaker, Circuit, Lane};
+
+/// The budgets, with the shares already applied.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_in_flight: usize,
+    pub tenant_in_flight: usize,
+    pub endpoint_in_flight: u32,
+    pub tenant_pending: usize,
+    pub endpoint_pending: usize,
+    pub endpoint_queue: usize,
+    pub max_queue_wait: Duration,
+    /// The longest pause a `Retry-After` may impose (the largest tier's delay).
+    pub max_pause: Duration,
+    pub breaker: Breaker,
+}
+
+/// `share` of `total`, at least one.
+pub fn share(total: usize, share: f64) -> usize {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let n = (total as f64 * share).floor() as usize;
+    n.clamp(1, total.max(1))
+}
+
+/// What the core needs to know of an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLimits {
+    pub max_in_flight: u32,
+    pub rate: Option<f64>,
+}
+
+/// Until an endpoint is loaded (by its first task), one request at a time.
+const UNKNOWN: EndpointLimits = EndpointLimits {
+    max_in_flight: 1,
+    rate: None,
+};
+
+#[derive(Debug)]
+pub enum Action {
+    Send(Job),
+    Defer {
+        job: Job,
+        why: Deferral,
+        wanted: Duration,
+    },
+    /// Pump this lane again after the rate limit's wait.
+    Wake {
+        endpoint: EndpointId,
+        after: Duration,
+    },
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    in_flight: usize,
+    queued: usize,
+}
+
+pub struct Core {
+    pub lanes: HashMap<EndpointId, Lane>,
+    tenants: HashMap<TenantId, Usage>,
+    in_flight: usize,
+    /// Lanes with work blocked only by the global cap, in arrival order.
+    waiting: VecDeque<EndpointId>,
+    /// Lanes blocked by their tenant's share.
+    tenant_waiting: HashMap<TenantId, VecDeque<EndpointId>>,
+    limits: Limits,
+}
+
+/// Looks an endpoint's settings up (the endpoint cache).
+pub trait Settings {
+    fn limits(&self, endpoint: &EndpointId) -> Option<EndpointLimits>;
+}
+
+impl Core {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            lanes: HashMap::new(),
+            tenants: HashMap::new(),
+            in_flight: 0,
+            waiting: VecDeque::new(),
+            tenant_waiting: HashMap::new(),
+            limits,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn cap(&self, ep: EndpointLimits) -> u32 {
+        ep.max_in_flight
+            .clamp(1, self.limits.endpoint_in_flight.max(1))
+    }
+
+    /// A record read for its endpoint: queue it (and send what may go), or defer it.
+    pub fn admit(&mut self, job: Job, settings: &impl Settings, now: Instant) -> Vec<Action> {
+        let id = job.record.endpoint_id;
+        let tenant = job.record.tenant_id;
+        let ep = settings.limits(&id).unwrap_or(UNKNOWN);
+        let cap = self.cap(ep);
+        let tenant_queued = self
+            .tenants
+            .get(&tenant)
+            .map_or(0, |u| u.queued + u.in_flight);
+        let lane = self.lanes.entry(id).or_default();
+        if let Some(until) = lane.paused_until.filter(|t| *t > now) {
+            return vec![defer(job, Deferral::Paused, until - now)];
+        }
+        if let Circuit::Open { until, .. } = lane.circuit
+            && until > now
+        {
+            return vec![defer(job, Deferral::CircuitOpen, until - now)];
+        }
+        let held = lane.queue.len() + lane.in_flight as usize;
+        // The endpoint's or the tenant's share of the pending budget is used up; or its queue
+        // is full, or a new record would wait longer than `max_queue_wait` at the endpoint's
+        // pace (a slow endpoint; a fast endpoint's deep queue drains in time).
+        let over_share =
+            held >= self.limits.endpoint_pending || tenant_queued >= self.limits.tenant_pending;
+        let over_pace = !lane.waiting_global
+            && !lane.queue.is_empty()
+            && (lane.queue.len() >= self.limits.endpoint_queue
+                || lane.expected_wait(cap, ep.rate, now) > self.limits.max_queue_wait);
+        if over_share || over_pace {
+            return vec![defer(job, Deferral::Overflow, Duration::ZERO)];
+        }
+        lane.queue.push_back(job);
+        self.tenants.entry(tenant).or_default().queued += 1;
+        let mut actions = Vec::new();
+        self.pump(id, settings, now, &mut actions);
+        actions
+    }
+
+    /// Starts as many of the lane's records as its state and the budgets allow.
+    fn pump(
+        &mut self,
+        id: EndpointId,
+        settings: &impl Settings,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let ep = settings.limits(&id).unwrap_or(UNKNOWN);
+        let cap = self.cap(ep);
+        loop {
+            let Some(lane) = self.lanes.get_mut(&id) else {
+                return;
+            };
+            let Some(tenant) = lane.queue.front().map(|j| j.record.tenant_id) else {
+                return;
+            };
+            if lane.in_flight >= cap {
+                return;
+            }
+            if let Some(until) = lane.paused_until.filter(|t| *t > now) {
+                let jobs: Vec<Job> = lane.queue.drain(..).collect();
+                self.dequeued(&jobs);
+                out.extend(
+                    jobs.into_iter()
+                        .map(|job| defer(job, Deferral::Paused, until - now)),
+                );
+                return;
+            }
+            if self.in_flight >= self.limits.max_in_flight {
+                if !lane.waiting_global {
+                    lane.waiting_global = true;
+                    self.waiting.push_back(id);
+                }
+                return;
+            }
+            let usage = self.tenants.entry(tenant).or_default();
+            if usage.in_flight >= self.limits.tenant_in_flight {
+                if !lane.waiting_tenant {
+                    lane.waiting_tenant = true;
+                    self.tenant_waiting.entry(tenant).or_default().push_back(id);
+                }
+                return;
+            }
+            let admission = lane.circuit.admit(now);
+            match admission {
+                Admission::Defer(rest) => {
+                    let jobs: Vec<Job> = lane.queue.drain(..).collect();
+                    self.dequeued(&jobs);
+                    out.extend(
+                        jobs.into_iter()
+                            .map(|job| defer(job, Deferral::CircuitOpen, rest)),
+                    );
+                    return;
+                }
+                Admission::Wait => return,
+                Admission::Send | Admission::Probe => {}
+            }
+            if let Err(wait) = lane.take_token(ep.rate) {
+                if admission == Admission::Probe {
+                    lane.circuit.unprobe();
+                }
+                if !lane.wake_pending {
+                    lane.wake_pending = true;
+                    out.push(Action::Wake {
+                        endpoint: id,
+                        after: wait,
+                    });
+                }
+                return;
+            }
+            let Some(mut job) = lane.queue.pop_front() else {
+                return;
+            };
+            lane.sent(now);
+            job.sent_at = now;
+            usage.in_flight += 1;
+            usage.queued = usage.queued.saturating_sub(1);
+            self.in_flight += 1;
+            out.push(Action::Send(job));
+        }
+    }
+
+    fn dequeued(&mut self, jobs: &[Job]) {
+        for job in jobs {
+            if let Some(u) = self.tenants.get_mut(&job.record.tenant_id) {
+                u.queued = u.queued.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A request is over: free its slots, learn from the answer, and send what may go now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sent(
+        &mut self,
+        endpoint: EndpointId,
+        tenant: TenantId,
+        signal: Signal,
+        started: Instant,
+        took: Duration,
+        settings: &impl Settings,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(u) = self.tenants.get_mut(&tenant) {
+            u.in_flight = u.in_flight.saturating_sub(1);
+        }
+        if let Some(lane) = self.lanes.get_mut(&endpoint) {
+            lane.finished(started, took);
+            match signal {
+                Signal::Success => {
+                    if lane.circuit.success() {
+                        tracing::info!(endpoint_id = %endpoint, "circuit closed: the probe succeeded");
+                    }
+                }
+                Signal::Failure => {
+                    if let Some(cooldown) = lane.circuit.failure(now, &self.limits.breaker) {
+                        // Once per opening, not per deferred record: the runbook's signal.
+                        tracing::warn!(endpoint_id = %endpoint, cooldown = ?cooldown,
+                            "circuit opened: nothing is sent to this endpoint until a probe succeeds");
+                    }
+                }
+                Signal::Pause(d) => {
+                    lane.circuit.unprobe();
+                    lane.paused_until = Some(now + d.min(self.limits.max_pause));
+                }
+                Signal::Nothing => lane.circuit.unprobe(),
+            }
+        }
+        let mut out = Vec::new();
+        self.pump(endpoint, settings, now, &mut out);
+        while self
+            .tenants
+            .get(&tenant)
+            .is_some_and(|u| u.in_flight < self.limits.tenant_in_flight)
+        {
+            let Some(next) = self
+                .tenant_waiting
+                .get_mut(&tenant)
+                .and_then(VecDeque::pop_front)
+            else {
+                break;
+            };
+            if let Some(lane) = self.lanes.get_mut(&next) {
+                lane.waiting_tenant = false;
+            }
+            self.pump(next, settings, now, &mut out);
+        }
+        while self.in_flight < self.limits.max_in_flight {
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
+            if let Some(lane) = self.lanes.get_mut(&next) {
+                lane.waiting_global = false;
+            }
+            self.pump(next, settings, now, &mut out);
+        }
+        out
+    }
+
+    /// A lane's rate-limit wait is over.
+    pub fn wake(&mut self, id: EndpointId, settings: &impl Settings, now: Instant) -> Vec<Action> {
+        if let Some(lane) = self.lanes.get_mut(&id) {
+            lane.wake_pending = false;
+        }
+        let mut out = Vec::new();
+        self.pump(id, settings, now, &mut out);
+        out
+    }
+
+    /// Drops the queued (not started) records of `partitions` (revoked: their next owner reads
+    /// them from the committed offset); returns how many.
+    pub fn purge(&mut self, partitions: &HashSet<i32>) -> usize {
+        let mut dropped = Vec::new();
+        for lane in self.lanes.values_mut() {
+            let (gone, keep): (VecDeque<Job>, VecDeque<Job>) = lane
+                .queue
+                .drain(..)
+                .partition(|j| partitions.contains(&j.partition));
+            lane.queue = keep;
+            dropped.extend(gone);
+        }
+        self.dequeued(&dropped);
+        dropped.len()
+    }
+
+    /// Per second: counts paused and open endpoints, forgets lanes and tenants with nothing
+    /// worth keeping (memory stays proportional to the endpoints with work or state).
+    pub fn housekeeping(&mut self, now: Instant) -> (i64, i64) {
+        let (mut paused, mut open) = (0, 0);
+        for lane in self.lanes.values_mut() {
+            if lane.paused_until.is_some_and(|t| t > now) {
+                paused += 1;
+            } else if lane.paused_until.is_some() {
+                lane.paused_until = None;
+            }
+            if lane.circuit.is_open() {
+                open += 1;
+            }
+        }
+        self.lanes.retain(|_, lane| {
+            !lane.idle(now) || lane.wake_pending || lane.waiting_global || lane.waiting_tenant
+        });
+        self.tenants.retain(|_, u| u.in_flight > 0 || u.queued > 0);
+        self.tenant_waiting.retain(|_, q| !q.is_empty());
+        (paused, open)
+    }
+
+    /// In flight and queued of `tenant`.
+    #[cfg(test)]
+    pub fn tenant_usage(&self, tenant: &TenantId) -> (usize, usize) {
+        self.tenants
+            .get(tenant)
+            .map_or((0, 0), |u| (u.in_flight, u.queued))
+    }
+}
+
+fn defer(job: Job, why: Deferral, wanted: Duration) -> Action {
+    Action::Defer { job, why, wanted }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+    use shared::ids::{EndpointId, TenantId};
+
+    use super::*;
+
+    /// The rates a row may hold: what the API accepts, and what it never would.
+    fn rate() -> impl Strategy<Value = Option<f64>> {
+        prop_oneof![
+            Just(None),
+            (0.001f64..=10_000.0).prop_map(Some),
+            prop::sample::select(vec![1e-20, 1e-9, 1e9, 1e300, f64::MIN_POSITIVE, f64::MAX])
+                .prop_map(Some),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Setup {
+        limits: Limits,
+        endpoints: Vec<(TenantId, EndpointId, EndpointLimits)>,
+    }
+
+    fn setup() -> impl Strategy<Value = Setup> {
+        let limits = (
+            1usize..=3_000,
+            1usize..=50_000,
+            0.001f64..=1.0,
+            0.001f64..=1.0,
+            1usize..=50_000,
+            0u64..=86_400_000,
+            1u32..=100,
+            1u64..=60_000,
+        );
+        let endpoint = (0usize..4, 1u32..=1000, rate());
+        (limits, prop::collection::vec(endpoint, 1..8)).prop_map(|(l, eps)| {
+            let (in_flight, pending, t_share, e_share, queue, wait_ms, threshold, cool_ms) = l;
+            let tenants: Vec<TenantId> = (0..4).map(|_| TenantId::new()).collect();
+            Setup {
+                limits: Limits {
+                    max_in_flight: in_flight,
+                    tenant_in_flight: share(in_flight, t_share),
+                    endpoint_in_flight: u32::try_from(share(in_flight, e_share))
+                        .unwrap_or(u32::MAX),
+                    tenant_pending: share(pending, t_share),
+                    endpoint_pending: share(pending, e_share),
+                    endpoint_queue: queue,
+                    max_queue_wait: Duration::from_millis(wait_ms),
+                    max_pause: Duration::from_secs(36_000),
+                    breaker: Breaker {
+                        threshold,
+                        cooldown: Duration::from_millis(cool_ms),
+                        max_cooldown: Duration::from_millis(cool_ms * 20),
+                    },
+                },
+                endpoints: eps
+                    .into_iter()
+                    .map(|(t, cap, rate)| {
+                        (
+                            tenants[t],
+                            EndpointId::new(),
+                            EndpointLimits {
+                                max_in_flight: cap,
+                                rate,
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Admit(usize, i32),
+        /// Finish the n-th request in flight with this answer after `took` ms.
+        Finish(usize, u8, u64),
+        Wake,
+        Tick(u64),
+        Revoke(i32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0usize..8, 0i32..3).prop_map(|(e, p)| Op::Admit(e, p)),
+            4 => (0usize..64, 0u8..4, 0u64..300_000).prop_map(|(n, s, t)| Op::Finish(n, s, t)),
+            1 => Just(Op::Wake),
+            1 => (0u64..120_000).prop_map(Op::Tick),
+            1 => (0i32..3).prop_map(Op::Revoke),
+        ]
+    }
+
+    struct Table(HashMap<EndpointId, EndpointLimits>);
+
+    impl Settings for Table {
+        fn limits(&self, endpoint: &EndpointId) -> Option<EndpointLimits> {
+            self.0.get(endpoint).copied()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Every setting the API and the configuration accept (and rates they never would):
+        /// no panic, no budget exceeded, no record lost or counted twice.
+        #[test]
+        fn the_core_keeps_every_bound(s in setup(), ops in prop::collection::vec(op(), 1..300)) {
+            let table = Table(s.endpoints.iter().map(|(_, e, l)| (*e, *l)).collect());
+            let mut core = Core::new(s.limits.clone());
+            let mut now = Instant::now();
+            let mut in_flight: Vec<Job> = Vec::new();
+            let mut wakes: Vec<EndpointId> = Vec::new();
+            let (mut admitted, mut sent, mut deferred, mut purged) = (0usize, 0usize, 0usize, 0usize);
+            let take = |actions: Vec<Action>, in_flight: &mut Vec<Job>, wakes: &mut Vec<EndpointId>,
+                            sent: &mut usize, deferred: &mut usize| {
+                for a in actions {
+                    match a {
+                        Action::Send(job) => { *sent += 1; in_flight.push(job) }
+                        Action::Defer { .. } => *deferred += 1,
+                        Action::Wake { endpoint, after } => {
+                            assert!(after <= Duration::from_secs(86_400), "{after:?}");
+                            wakes.push(endpoint);
+                        }
+                    }
+                }
+            };
+            for op in ops {
+                match op {
+                    Op::Admit(e, partition) => {
+                        let (tenant, endpoint, _) = s.endpoints[e % s.endpoints.len()];
+                        admitted += 1;
+                        let actions = core.admit(Job::for_endpoint(tenant, endpoint, partition), &table, now);
+                        take(actions, &mut in_flight, &mut wakes, &mut sent, &mut deferred);
+                    }
+                    Op::Finish(n, signal, took) if !in_flight.is_empty() => {
+                        let job = in_flight.remove(n % in_flight.len());
+                        let signal = match signal {
+                            0 => Signal::Success,
+                            1 => Signal::Failure,
+                            2 => Signal::Pause(Duration::from_millis(took)),
+                            _ => Signal::Nothing,
+                        };
+                        let r = &job.record;
+                        let actions = core.sent(r.endpoint_id, r.tenant_id, signal, job.sent_at,
+                            Duration::from_millis(took), &table, now);
+                        take(actions, &mut in_flight, &mut wakes, &mut sent, &mut deferred);
+                    }
+                    Op::Finish(..) => {}
+                    Op::Wake => {
+                        for endpoint in std::mem::take(&mut wakes) {
+                            let actions = core.wake(endpoint, &table, now);
+                            take(actions, &mut in_flight, &mut wakes, &mut sent, &mut deferred);
+                        }
+                    }
+                    Op::Tick(ms) => {
+                        now += Duration::from_millis(ms);
+                        core.housekeeping(now);
+                    }
+                    Op::Revoke(p) => purged += core.purge(&HashSet::from([p])),
+                }
+                // The budgets hold.
+                prop_assert_eq!(core.in_flight(), in_flight.len());
+                prop_assert!(core.in_flight() <= s.limits.max_in_flight);
+                for (tenant, endpoint, limits) in &s.endpoints {
+                    let ep = in_flight.iter().filter(|j| j.record.endpoint_id == *endpoint).count();
+                    let cap = limits.max_in_flight.min(s.limits.endpoint_in_flight).max(1) as usize;
+                    prop_assert!(ep <= cap, "endpoint {} in flight over {}", ep, cap);
+                    let t = in_flight.iter().filter(|j| j.record.tenant_id == *tenant).count();
+                    prop_assert!(t <= s.limits.tenant_in_flight, "tenant {} over {}", t, s.limits.tenant_in_flight);
+                    prop_assert_eq!(core.tenant_usage(tenant).0, t);
+                }
+                // Every record admitted is accounted for exactly once.
+                let queued: usize = core.lanes.values().map(|l| l.queue.len()).sum();
+                prop_assert_eq!(admitted, sent + deferred + queued + purged);
+                let tenant_queued: usize = s.endpoints.iter().map(|(t, _, _)| *t)
+                    .collect::<HashSet<_>>().iter().map(|t| core.tenant_usage(t).1).sum();
+                prop_assert_eq!(tenant_queued, queued);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stuck_endpoint_holds_only_its_share() {
+        let limits = Limits {
+            max_in_flight: 1000,
+            tenant_in_flight: 250,
+            endpoint_in_flight: 100,
+            tenant_pending: 2500,
+            endpoint_pending: 1000,
+            endpoint_queue: 10_000,
+            max_queue_wait: Duration::from_secs(5),
+            max_pause: Duration::from_secs(36_000),
+            breaker: Breaker {
+                threshold: 10,
+                cooldown: Duration::from_secs(30),
+                max_cooldown: Duration::from_secs(600),
+            },
+        };
+        let (attacker, victim) = (TenantId::new(), TenantId::new());
+        let (stuck, healthy) = (EndpointId::new(), EndpointId::new());
+        let table = Table(HashMap::from([
+            (
+                stuck,
+                EndpointLimits {
+                    max_in_flight: 1000,
+                    rate: None,
+                },
+            ),
+            (
+                healthy,
+                EndpointLimits {
+                    max_in_flight: 10,
+                    rate: None,
+                },
+            ),
+        ]));
+        let mut core = Core::new(limits);
+        let now = Instant::now();
+        let (mut sends, mut defers) = (0, 0);
+        // 20,000 records for an endpoint that never answers.
+        for _ in 0..20_000 {
+            for a in core.admit(Job::for_endpoint(attacker, stuck, 0), &table, now) {
+                match a {
+                    Action::Send(_) => sends += 1,
+                    Action::Defer { why, .. } => {
+                        assert_eq!(why, Deferral::Overflow);
+                        defers += 1;
+                    }
+                    Action::Wake { .. } => {}
+                }
+            }
+        }
+        assert_eq!(sends, 100, "its share of in-flight slots, not its own 1000");
+        let lane = &core.lanes[&stuck];
+        assert!(
+            lane.queue.len() + 100 <= 1000,
+            "its share of pending: {}",
+            lane.queue.len()
+        );
+        assert_eq!(defers + sends + lane.queue.len(), 20_000);
+        // The victim still gets slots at once.
+        let actions = core.admit(Job::for_endpoint(victim, healthy, 1), &table, now);
+        assert!(
+            matches!(actions.as_slice(), [Action::Send(_)]),
+            "{actions:?}"
+        );
+    }
+}
