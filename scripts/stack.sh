@@ -204,6 +204,8 @@ status() {
 
 # --- Tools of the checks that are not Rust -----------------------------------------------------
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# API fuzzing from the OpenAPI document (ingest-gateway/tests/schemathesis.rs).
+SCHEMATHESIS_VERSION=4.32.5
 
 # kubectl with its built-in `kustomize` (any version: the manifests render alike with Kustomize
 # v2.0.3, Debian's kubernetes-client, and v5), and kubernetes-validate (PyPI) in a venv of the
@@ -231,11 +233,18 @@ tools() {
     "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >"$LOGS/pip.log" 2>&1 ||
       die "installing kubernetes-validate failed (log: $LOGS/pip.log)"
   fi
+  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
+    say "installing schemathesis $SCHEMATHESIS_VERSION (log: $LOGS/pip.log)"
+    mkdir -p "$LOGS"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >>"$LOGS/pip.log" 2>&1 ||
+      die "installing schemathesis failed (log: $LOGS/pip.log)"
+  fi
   cat >"$STATE/tools.env" <<ENV
 export HARBORHOOK_KUBECTL=$kubectl
 export HARBORHOOK_KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate
+export HARBORHOOK_SCHEMATHESIS=$venv/bin/schemathesis
 ENV
-  say "deployment check tools: $kubectl ($("$kubectl" version --client 2>/dev/null | head -1)), kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+  say "test tools: $kubectl ($("$kubectl" version --client 2>/dev/null | head -1)), kubernetes-validate $KUBERNETES_VALIDATE_VERSION, schemathesis $SCHEMATHESIS_VERSION"
 }
 
 case "${1:-}" in

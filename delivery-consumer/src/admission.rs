@@ -9,14 +9,25 @@
 //! endpoint take everything: an endpoint that accepts connections and never answers, with
 //! `max_in_flight` 1000 and a 300 s timeout, would hold every in-flight slot, and its queue
 //! would fill `delivery.max_pending` so that reading stops for everyone. So each budget has a
-//! share per tenant and per endpoint (`delivery.tenant_share`, `delivery.endpoint_share`):
+//! share per tenant and per endpoint (`delivery.tenant_share`, `delivery.endpoint_share`), shaped
+//! so that a healthy backlog — one tenant alone, a fast endpoint catching up — is never held
+//! back by them:
 //!
-//! - in flight: an endpoint sends at most `min(its max_in_flight, endpoint_share ×
-//!   delivery.max_in_flight)`, a tenant at most `tenant_share × delivery.max_in_flight`;
-//! - pending: a record arriving for an endpoint that already holds `endpoint_share ×
-//!   delivery.max_pending` records (queued or in flight), or whose tenant holds `tenant_share ×`
-//!   that, is deferred at once (overflow) instead of queued. Deferring is durable and quick,
-//!   so the records of a stuck endpoint flow through to the retry tiers and reading goes on.
+//! - **in flight**: an endpoint sends at most `min(its max_in_flight, endpoint_share ×
+//!   delivery.max_in_flight)` (a hard cap: a slot taken by an endpoint that never answers
+//!   cannot be taken back for its whole timeout). A tenant may go beyond `tenant_share ×
+//!   delivery.max_in_flight` only while the global count is below `(1 − tenant_share) ×` it,
+//!   so other tenants always find slots, and a tenant alone still uses most of them.
+//! - **pending**: records held (queued or in flight) harm others only when they do not drain.
+//!   An endpoint whose pace is known is bounded by that pace: a record that would wait longer
+//!   than `delivery.max_queue_wait` is deferred, and what its queue holds beyond that is shed
+//!   (deferred) every second. An endpoint whose first request has gone unanswered for 100 ms
+//!   (suspect: it may never answer) may hold at most `endpoint_share × delivery.max_pending`
+//!   records, and all a tenant's endpoints of unknown pace together `tenant_share ×` that;
+//!   records beyond are deferred at once and its queue is shed down to that, so the records of
+//!   a stuck endpoint flow through to the retry tiers (durable and quick) and reading goes on.
+//!   A healthy endpoint answers its first request well within 100 ms, so a backlog of it is
+//!   queued, not deferred.
 //!
 //! A lane blocked by its tenant's share waits in its tenant's queue, one blocked by the global
 //! cap in the global queue; a finished request wakes its own lane first, then its tenant's
@@ -28,6 +39,8 @@ use std::time::{Duration, Instant};
 use shared::ids::{EndpointId, TenantId};
 
 use crate::job::{Deferral, Job, Signal};
+#[cfg(test)]
+use crate::lanes::SUSPECT_AFTER;
 use crate::lanes::{Admission, Breaker, Circuit, Lane};
 
 /// The budgets, with the shares already applied.
@@ -88,6 +101,8 @@ pub enum Action {
 struct Usage {
     in_flight: usize,
     queued: usize,
+    /// Records held (queued or in flight) by this tenant's lanes whose pace is not yet known.
+    unproven: usize,
 }
 
 pub struct Core {
@@ -133,10 +148,7 @@ impl Core {
         let tenant = job.record.tenant_id;
         let ep = settings.limits(&id).unwrap_or(UNKNOWN);
         let cap = self.cap(ep);
-        let tenant_queued = self
-            .tenants
-            .get(&tenant)
-            .map_or(0, |u| u.queued + u.in_flight);
+        let tenant_unproven = self.tenants.get(&tenant).map_or(0, |u| u.unproven);
         let lane = self.lanes.entry(id).or_default();
         if let Some(until) = lane.paused_until.filter(|t| *t > now) {
             return vec![defer(job, Deferral::Paused, until - now)];
@@ -146,12 +158,13 @@ impl Core {
         {
             return vec![defer(job, Deferral::CircuitOpen, until - now)];
         }
-        let held = lane.queue.len() + lane.in_flight as usize;
-        // The endpoint's or the tenant's share of the pending budget is used up; or its queue
-        // is full, or a new record would wait longer than `max_queue_wait` at the endpoint's
-        // pace (a slow endpoint; a fast endpoint's deep queue drains in time).
-        let over_share =
-            held >= self.limits.endpoint_pending || tenant_queued >= self.limits.tenant_pending;
+        // An endpoint of unknown pace is at its share of the pending budget, or its tenant's
+        // are (module docs); or its queue is full, or a new record would wait longer than
+        // `max_queue_wait` at its pace (a slow endpoint; a fast one's deep queue drains in time).
+        let unproven = !lane.proven();
+        let over_share = lane.suspect(now)
+            && (lane.held() >= self.limits.endpoint_pending
+                || tenant_unproven >= self.limits.tenant_pending);
         let over_pace = !lane.waiting_global
             && !lane.queue.is_empty()
             && (lane.queue.len() >= self.limits.endpoint_queue
@@ -160,7 +173,11 @@ impl Core {
             return vec![defer(job, Deferral::Overflow, Duration::ZERO)];
         }
         lane.queue.push_back(job);
-        self.tenants.entry(tenant).or_default().queued += 1;
+        let usage = self.tenants.entry(tenant).or_default();
+        usage.queued += 1;
+        if unproven {
+            usage.unproven += 1;
+        }
         let mut actions = Vec::new();
         self.pump(id, settings, now, &mut actions);
         actions
@@ -187,8 +204,9 @@ impl Core {
                 return;
             }
             if let Some(until) = lane.paused_until.filter(|t| *t > now) {
+                let unproven = !lane.proven();
                 let jobs: Vec<Job> = lane.queue.drain(..).collect();
-                self.dequeued(&jobs);
+                self.dequeued(&jobs, unproven);
                 out.extend(
                     jobs.into_iter()
                         .map(|job| defer(job, Deferral::Paused, until - now)),
@@ -203,7 +221,13 @@ impl Core {
                 return;
             }
             let usage = self.tenants.entry(tenant).or_default();
-            if usage.in_flight >= self.limits.tenant_in_flight {
+            // Beyond its share only while enough slots stay free for the others.
+            let spare = self.in_flight
+                < self
+                    .limits
+                    .max_in_flight
+                    .saturating_sub(self.limits.tenant_in_flight);
+            if usage.in_flight >= self.limits.tenant_in_flight && !spare {
                 if !lane.waiting_tenant {
                     lane.waiting_tenant = true;
                     self.tenant_waiting.entry(tenant).or_default().push_back(id);
@@ -213,8 +237,9 @@ impl Core {
             let admission = lane.circuit.admit(now);
             match admission {
                 Admission::Defer(rest) => {
+                    let unproven = !lane.proven();
                     let jobs: Vec<Job> = lane.queue.drain(..).collect();
-                    self.dequeued(&jobs);
+                    self.dequeued(&jobs, unproven);
                     out.extend(
                         jobs.into_iter()
                             .map(|job| defer(job, Deferral::CircuitOpen, rest)),
@@ -249,10 +274,14 @@ impl Core {
         }
     }
 
-    fn dequeued(&mut self, jobs: &[Job]) {
+    /// `jobs` left their lane's queue without being sent (deferred, handed back).
+    fn dequeued(&mut self, jobs: &[Job], unproven: bool) {
         for job in jobs {
             if let Some(u) = self.tenants.get_mut(&job.record.tenant_id) {
                 u.queued = u.queued.saturating_sub(1);
+                if unproven {
+                    u.unproven = u.unproven.saturating_sub(1);
+                }
             }
         }
     }
@@ -270,11 +299,29 @@ impl Core {
         now: Instant,
     ) -> Vec<Action> {
         self.in_flight = self.in_flight.saturating_sub(1);
+        // Its pace before and after this answer: the first answer proves it, and its records
+        // held stop counting against the tenant's unproven budget.
+        let (before, after) = match self.lanes.get_mut(&endpoint) {
+            Some(lane) => {
+                let before = !lane.proven();
+                lane.finished(started, took);
+                let after = if before && lane.proven() {
+                    lane.held()
+                } else {
+                    0
+                };
+                (before, after)
+            }
+            None => (false, 0),
+        };
         if let Some(u) = self.tenants.get_mut(&tenant) {
             u.in_flight = u.in_flight.saturating_sub(1);
+            if before {
+                // This request, and (once proven) everything else the lane holds.
+                u.unproven = u.unproven.saturating_sub(1 + after);
+            }
         }
         if let Some(lane) = self.lanes.get_mut(&endpoint) {
-            lane.finished(started, took);
             match signal {
                 Signal::Success => {
                     if lane.circuit.success() {
@@ -346,10 +393,65 @@ impl Core {
                 .drain(..)
                 .partition(|j| partitions.contains(&j.partition));
             lane.queue = keep;
-            dropped.extend(gone);
+            dropped.push((gone, !lane.proven()));
         }
-        self.dequeued(&dropped);
-        dropped.len()
+        let mut n = 0;
+        for (jobs, unproven) in dropped {
+            n += jobs.len();
+            let jobs: Vec<Job> = jobs.into();
+            self.dequeued(&jobs, unproven);
+        }
+        n
+    }
+
+    /// Defers what queues hold beyond their bounds (module docs): a suspect endpoint's queue
+    /// beyond its share (or all of it, when its tenant is over its share), a known endpoint's
+    /// beyond what drains within `max_queue_wait`. Newest records go first.
+    pub fn shed(&mut self, settings: &impl Settings, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let ids: Vec<EndpointId> = self.lanes.keys().copied().collect();
+        for id in ids {
+            let ep = settings.limits(&id).unwrap_or(UNKNOWN);
+            let cap = self.cap(ep);
+            let Some(lane) = self.lanes.get_mut(&id) else {
+                continue;
+            };
+            let Some(tenant) = lane.queue.front().map(|j| j.record.tenant_id) else {
+                continue;
+            };
+            let keep = if lane.suspect(now) {
+                let tenant_over = self
+                    .tenants
+                    .get(&tenant)
+                    .is_some_and(|u| u.unproven > self.limits.tenant_pending);
+                if tenant_over {
+                    0
+                } else {
+                    self.limits
+                        .endpoint_pending
+                        .saturating_sub(lane.in_flight as usize)
+                }
+            } else if lane.waiting_global || lane.waiting_tenant {
+                continue; // Waiting on the shared caps, not on the endpoint.
+            } else {
+                match lane.drains_within(cap, ep.rate, now, self.limits.max_queue_wait) {
+                    Some(n) => n.max(1),
+                    None => continue,
+                }
+            };
+            if lane.queue.len() <= keep {
+                continue;
+            }
+            let unproven = !lane.proven();
+            let excess: Vec<Job> = lane.queue.drain(keep..).collect();
+            self.dequeued(&excess, unproven);
+            out.extend(
+                excess
+                    .into_iter()
+                    .map(|job| defer(job, Deferral::Overflow, Duration::ZERO)),
+            );
+        }
+        out
     }
 
     /// Per second: counts paused and open endpoints, forgets lanes and tenants with nothing
@@ -374,12 +476,12 @@ impl Core {
         (paused, open)
     }
 
-    /// In flight and queued of `tenant`.
+    /// In flight, queued, and held by lanes of unknown pace, of `tenant`.
     #[cfg(test)]
-    pub fn tenant_usage(&self, tenant: &TenantId) -> (usize, usize) {
+    pub fn tenant_usage(&self, tenant: &TenantId) -> (usize, usize, usize) {
         self.tenants
             .get(tenant)
-            .map_or((0, 0), |u| (u.in_flight, u.queued))
+            .map_or((0, 0, 0), |u| (u.in_flight, u.queued, u.unproven))
     }
 }
 
@@ -469,6 +571,7 @@ mod tests {
         Wake,
         Tick(u64),
         Revoke(i32),
+        Shed,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -478,6 +581,7 @@ mod tests {
             1 => Just(Op::Wake),
             1 => (0u64..120_000).prop_map(Op::Tick),
             1 => (0i32..3).prop_map(Op::Revoke),
+            1 => Just(Op::Shed),
         ]
     }
 
@@ -548,6 +652,10 @@ mod tests {
                         core.housekeeping(now);
                     }
                     Op::Revoke(p) => purged += core.purge(&HashSet::from([p])),
+                    Op::Shed => {
+                        let actions = core.shed(&table, now);
+                        take(actions, &mut in_flight, &mut wakes, &mut sent, &mut deferred);
+                    }
                 }
                 // The budgets hold.
                 prop_assert_eq!(core.in_flight(), in_flight.len());
@@ -557,8 +665,22 @@ mod tests {
                     let cap = limits.max_in_flight.min(s.limits.endpoint_in_flight).max(1) as usize;
                     prop_assert!(ep <= cap, "endpoint {} in flight over {}", ep, cap);
                     let t = in_flight.iter().filter(|j| j.record.tenant_id == *tenant).count();
-                    prop_assert!(t <= s.limits.tenant_in_flight, "tenant {} over {}", t, s.limits.tenant_in_flight);
+                    // Beyond its share only into slots spare for the others (module docs).
+                    let bound = s.limits.tenant_in_flight.max(s.limits.max_in_flight - s.limits.tenant_in_flight);
+                    prop_assert!(t <= bound, "tenant {} over {}", t, bound);
                     prop_assert_eq!(core.tenant_usage(tenant).0, t);
+                }
+                // Each tenant's unproven count is what its lanes of unknown pace hold.
+                for tenant in s.endpoints.iter().map(|(t, _, _)| *t).collect::<HashSet<_>>() {
+                    let held: usize = s
+                        .endpoints
+                        .iter()
+                        .filter(|(t, _, _)| *t == tenant)
+                        .filter_map(|(_, e, _)| core.lanes.get(e))
+                        .filter(|l| !l.proven())
+                        .map(Lane::held)
+                        .sum();
+                    prop_assert_eq!(core.tenant_usage(&tenant).2, held);
                 }
                 // Every record admitted is accounted for exactly once.
                 let queued: usize = core.lanes.values().map(|l| l.queue.len()).sum();
@@ -568,6 +690,76 @@ mod tests {
                 prop_assert_eq!(tenant_queued, queued);
             }
         }
+    }
+
+    #[test]
+    fn a_healthy_backlog_is_not_held_back_by_the_shares() {
+        let limits = Limits {
+            max_in_flight: 1000,
+            tenant_in_flight: 250,
+            endpoint_in_flight: 100,
+            tenant_pending: 2500,
+            endpoint_pending: 1000,
+            endpoint_queue: 10_000,
+            max_queue_wait: Duration::from_secs(5),
+            max_pause: Duration::from_secs(36_000),
+            breaker: Breaker {
+                threshold: 10,
+                cooldown: Duration::from_secs(30),
+                max_cooldown: Duration::from_secs(600),
+            },
+        };
+        let tenant = TenantId::new();
+        let endpoints: Vec<EndpointId> = (0..100).map(|_| EndpointId::new()).collect();
+        let table = Table(
+            endpoints
+                .iter()
+                .map(|e| {
+                    (
+                        *e,
+                        EndpointLimits {
+                            max_in_flight: 10,
+                            rate: None,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let mut core = Core::new(limits);
+        let now = Instant::now();
+        // Each endpoint answers once (1 ms): its pace is known.
+        for e in &endpoints {
+            for a in core.admit(Job::for_endpoint(tenant, *e, 0), &table, now) {
+                if let Action::Send(job) = a {
+                    core.sent(
+                        *e,
+                        tenant,
+                        Signal::Success,
+                        job.sent_at,
+                        Duration::from_millis(1),
+                        &table,
+                        now,
+                    );
+                }
+            }
+        }
+        // A backlog of 9,000 records for one tenant: none deferred, most slots used.
+        let (mut sends, mut defers) = (0, 0);
+        for n in 0..9_000 {
+            let e = endpoints[n % endpoints.len()];
+            for a in core.admit(Job::for_endpoint(tenant, e, 0), &table, now) {
+                match a {
+                    Action::Send(_) => sends += 1,
+                    Action::Defer { .. } => defers += 1,
+                    Action::Wake { .. } => {}
+                }
+            }
+        }
+        assert_eq!(defers, 0, "a healthy backlog is queued, not deferred");
+        assert_eq!(
+            sends, 750,
+            "a tenant alone uses its share and the spare slots"
+        );
     }
 
     #[test]
@@ -606,29 +798,39 @@ mod tests {
             ),
         ]));
         let mut core = Core::new(limits);
-        let now = Instant::now();
+        let start = Instant::now();
         let (mut sends, mut defers) = (0, 0);
-        // 20,000 records for an endpoint that never answers.
-        for _ in 0..20_000 {
-            for a in core.admit(Job::for_endpoint(attacker, stuck, 0), &table, now) {
+        let count = |actions: Vec<Action>, sends: &mut usize, defers: &mut usize| {
+            for a in actions {
                 match a {
-                    Action::Send(_) => sends += 1,
+                    Action::Send(_) => *sends += 1,
                     Action::Defer { why, .. } => {
                         assert_eq!(why, Deferral::Overflow);
-                        defers += 1;
+                        *defers += 1;
                     }
                     Action::Wake { .. } => {}
                 }
             }
+        };
+        // 2,000 records for an endpoint that never answers arrive before anything is known...
+        for _ in 0..2_000 {
+            let actions = core.admit(Job::for_endpoint(attacker, stuck, 0), &table, start);
+            count(actions, &mut sends, &mut defers);
         }
         assert_eq!(sends, 100, "its share of in-flight slots, not its own 1000");
+        // ...and 18,000 more once its first requests have gone unanswered: all deferred, and
+        // what it queued beyond its share of the pending budget is shed.
+        let later = start + SUSPECT_AFTER * 2;
+        for _ in 0..18_000 {
+            let actions = core.admit(Job::for_endpoint(attacker, stuck, 0), &table, later);
+            count(actions, &mut sends, &mut defers);
+        }
+        let actions = core.shed(&table, later);
+        count(actions, &mut sends, &mut defers);
         let lane = &core.lanes[&stuck];
-        assert!(
-            lane.queue.len() + 100 <= 1000,
-            "its share of pending: {}",
-            lane.queue.len()
-        );
+        assert_eq!(lane.held(), 1000, "its share of pending");
         assert_eq!(defers + sends + lane.queue.len(), 20_000);
+        let now = later;
         // The victim still gets slots at once.
         let actions = core.admit(Job::for_endpoint(victim, healthy, 1), &table, now);
         assert!(

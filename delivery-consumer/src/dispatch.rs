@@ -291,7 +291,10 @@ impl Dispatcher {
     }
 
     fn housekeeping(&self, st: &mut State) {
-        let (paused, open) = st.core.housekeeping(Instant::now());
+        let now = Instant::now();
+        let shed = st.core.shed(&Endpoints(&self.deps.endpoints), now);
+        self.execute(st, shed);
+        let (paused, open) = st.core.housekeeping(now);
         let m = &self.deps.outcomes.metrics;
         m.paused.set(paused);
         m.circuits_open.set(open);

@@ -22,6 +22,10 @@ use crate::job::Job;
 /// The longest gap a rate limit imposes between two requests.
 const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a first request may go unanswered before its endpoint counts as suspect: far above
+/// a healthy receiver's first answer, far below how long a backlog takes to fill the budgets.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Circuit {
     Closed { failures: u32 },
@@ -124,6 +128,8 @@ pub struct Lane {
     pub in_flight: u32,
     /// When each request in flight was sent, oldest first.
     started: VecDeque<Instant>,
+    /// When a request last finished.
+    last_finished: Option<Instant>,
     pub paused_until: Option<Instant>,
     pub circuit: Circuit,
     limiter: Option<(f64, DefaultDirectRateLimiter)>,
@@ -143,6 +149,7 @@ impl Default for Lane {
             queue: VecDeque::new(),
             in_flight: 0,
             started: VecDeque::new(),
+            last_finished: None,
             paused_until: None,
             circuit: Circuit::Closed { failures: 0 },
             limiter: None,
@@ -155,6 +162,16 @@ impl Default for Lane {
 }
 
 impl Lane {
+    /// Whether a request of this endpoint has been answered yet (its pace is known).
+    pub fn proven(&self) -> bool {
+        self.latency.is_some()
+    }
+
+    /// Records held: queued or in flight.
+    pub fn held(&self) -> usize {
+        self.queue.len() + self.in_flight as usize
+    }
+
     /// A request was sent at `at`.
     pub fn sent(&mut self, at: Instant) {
         self.in_flight += 1;
@@ -164,6 +181,7 @@ impl Lane {
     /// The request sent at `started` is over after `took`.
     pub fn finished(&mut self, started: Instant, took: Duration) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.last_finished = Some(started + took);
         if let Some(i) = self.started.iter().position(|t| *t == started) {
             self.started.remove(i);
         } else {
@@ -181,21 +199,61 @@ impl Lane {
     /// flight (an endpoint that never answers has no "recent latency", but its oldest request
     /// says how slow it is) — its in-flight cap and its rate limit; zero while nothing is known.
     pub fn expected_wait(&self, cap: u32, rate: Option<f64>, now: Instant) -> Duration {
+        let Some(per_sec) = self.pace(cap, rate, now) else {
+            return Duration::ZERO;
+        };
+        #[allow(clippy::cast_precision_loss)] // Queue lengths are far below 2^52.
+        let queued = (self.queue.len() + 1) as f64;
+        Duration::try_from_secs_f64(queued / per_sec).unwrap_or(Duration::MAX)
+    }
+
+    /// Records a second this endpoint drains at (module docs of `expected_wait`), if known.
+    /// The age of the oldest request in flight counts only when every slot is busy and nothing
+    /// has finished since it was sent: then the endpoint is stuck, not merely busy.
+    fn pace(&self, cap: u32, rate: Option<f64>, now: Instant) -> Option<f64> {
         let oldest = (self.in_flight >= cap.max(1))
             .then(|| self.started.front())
             .flatten()
+            .filter(|t| self.last_finished.is_none_or(|f| f < **t))
             .map(|t| now.saturating_duration_since(*t).as_secs_f64());
         let latency = match (self.latency, oldest) {
             (Some(l), Some(o)) => l.max(o),
             (Some(l), None) => l,
             (None, Some(o)) if o > 0.0 => o,
-            _ => return Duration::ZERO,
+            _ => return None,
         };
         let by_cap = f64::from(cap.max(1)) / latency.max(1e-4);
-        let per_sec = rate.map_or(by_cap, |r| by_cap.min(r.max(1e-3)));
-        #[allow(clippy::cast_precision_loss)] // Queue lengths are far below 2^52.
-        let queued = (self.queue.len() + 1) as f64;
-        Duration::try_from_secs_f64(queued / per_sec).unwrap_or(Duration::MAX)
+        Some(rate.map_or(by_cap, |r| by_cap.min(r.max(1e-3))))
+    }
+
+    /// How many queued records can start within `within` at the endpoint's pace; `None` while
+    /// nothing is known.
+    pub fn drains_within(
+        &self,
+        cap: u32,
+        rate: Option<f64>,
+        now: Instant,
+        within: Duration,
+    ) -> Option<usize> {
+        let per_sec = self.pace(cap, rate, now)?;
+        // Truncation is intended: whole records.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let n = (within.as_secs_f64() * per_sec).floor().min(1e12) as usize;
+        Some(n)
+    }
+
+    /// Not yet answered although a request has been in flight for [`SUSPECT_AFTER`]: an
+    /// endpoint that may never answer, whose records must not pile up (admission.rs).
+    pub fn suspect(&self, now: Instant) -> bool {
+        !self.proven()
+            && self
+                .started
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) > SUSPECT_AFTER)
     }
 
     /// Nothing here is worth keeping: the lane can be forgotten (memory stays proportional to

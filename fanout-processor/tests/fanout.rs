@@ -233,6 +233,46 @@ async fn subscription_changes_apply_within_a_second() -> anyhow::Result<()> {
     world.cleanup().await
 }
 
+/// A burst of changes larger than the listener's buffer (1,024 notifications): the ones that do
+/// not fit are dropped, and the overflow must still ask for a full reload — the change that
+/// came last (and was dropped) is live within seconds, not at the next 60 s backstop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_beyond_the_buffer_is_not_lost() -> anyhow::Result<()> {
+    let world = World::new().await?;
+    let tenant = world.tenant().await?;
+    let first = world.endpoint(&tenant, true).await?;
+    world.subscribe(&tenant, &first, "*").await?;
+    let second = world.endpoint(&tenant, true).await?;
+    let (shutdown, running) = start(&world).await?;
+    let reader = world.reader(world.env.catalog().deliveries())?;
+    // One transaction: 5,000 tenants (5,000 distinct notifications), then the change that
+    // matters, notified last.
+    world
+        .db
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO tenants (id, name) SELECT gen_random_uuid(), 'burst' FROM generate_series(1, 5000);
+             INSERT INTO subscriptions (id, tenant_id, endpoint_id, event_type_pattern)
+                 VALUES (gen_random_uuid(), '{}', '{}', '*');
+             COMMIT;",
+            tenant.as_uuid(),
+            second.as_uuid()
+        ))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let e = world.envelope(&tenant, "order.created", None);
+    world.publish(&e).await?;
+    let got = pairs(&deliveries(&drain(&reader, 2, QUIET).await));
+    assert!(
+        got.contains_key(&(e.event_id, second)),
+        "the change behind the burst is live: {got:?}"
+    );
+    assert!(got.contains_key(&(e.event_id, first)));
+    shutdown.cancel();
+    running.wait().await?;
+    world.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_idempotency_key_fans_out_once() -> anyhow::Result<()> {
     let world = World::new().await?;

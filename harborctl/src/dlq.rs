@@ -33,7 +33,7 @@ pub struct Filter {
     pub endpoint: Option<EndpointId>,
     #[arg(long = "type")]
     pub event_type: Option<String>,
-    /// Why it was dead-lettered: `exhausted`, `gone` or `endpoint_unavailable`.
+    /// Why it was dead-lettered: `exhausted`, `gone`, `endpoint_unavailable` or `undeliverable`.
     #[arg(long = "dead-letter-reason", id = "dead_letter_reason")]
     pub reason: Option<String>,
     /// Dead-lettered at or after (RFC 3339, or a duration ago such as `2h`).
@@ -47,11 +47,13 @@ pub struct Filter {
 impl Filter {
     fn check(&self) -> Result<(), CliError> {
         if let Some(r) = &self.reason
-            && !["exhausted", "gone", "endpoint_unavailable"].contains(&r.as_str())
+            && !shared::records::DeadLetterReason::ALL
+                .iter()
+                .any(|known| known.as_str() == r.as_str())
         {
             return Err(CliError::usage(
                 format!("unknown reason `{r}`"),
-                "use exhausted, gone or endpoint_unavailable",
+                "use exhausted, gone, endpoint_unavailable or undeliverable",
             ));
         }
         Ok(())

@@ -106,8 +106,13 @@ pub fn check_config(config: &Config, json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|t| t.name.clone())
         .collect();
+    let limits = config.record_limits();
     let summary = json!({
         "valid": true,
+        // The largest payload the API and fan-out accept (docs/api.md).
+        "payload_limit": {"message_max_bytes": limits.message_max_bytes,
+                          "envelope_bytes": limits.envelope_bytes,
+                          "max_payload_bytes": limits.max_payload_bytes()},
         "kafka": {"bootstrap": config.kafka.bootstrap, "topic_prefix": config.kafka.topic_prefix,
                   "security_protocol": config.kafka.security_protocol},
         "database": {"schema": config.database.schema, "pool_size": config.database.pool_size},
@@ -131,6 +136,12 @@ pub fn check_config(config: &Config, json: bool) -> anyhow::Result<()> {
     );
     println!("  retry      {}", tiers.join(" → "));
     println!("  gateway    {}", config.gateway.listen);
+    println!(
+        "  payloads   at most {} bytes (kafka.message_max_bytes {} less a {}-byte record envelope)",
+        limits.max_payload_bytes(),
+        limits.message_max_bytes,
+        limits.envelope_bytes
+    );
     Ok(())
 }
 

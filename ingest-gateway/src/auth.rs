@@ -255,7 +255,7 @@ impl Verifier {
         .is_err()
         {
             return Err(unauthorized(
-                "token sub must be 1 to 255 bytes without control characters",
+                "token sub must be 1 to 255 characters without control characters",
             ));
         }
         Ok(Principal {

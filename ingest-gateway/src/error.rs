@@ -18,8 +18,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unauthorized(String),
+    /// With the methods the route takes (the `Allow` header).
     #[error("this route does not take that method")]
-    MethodNotAllowed,
+    MethodNotAllowed(Vec<&'static str>),
     #[error("this operation needs the operator scope")]
     Forbidden,
     /// Unknown ids, and ids of another tenant (404, not 403, so ids do not leak).
@@ -101,7 +102,7 @@ impl ApiError {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -147,7 +148,7 @@ impl From<tokio_postgres::Error> for ApiError {
         {
             tracing::warn!(error = %shared::error_chain(&e), "the database refused a value the API let through");
             return Self::Unprocessable {
-                message: format!("a value could not be stored: {}", db.message()),
+                message: format!("the database refused a value: {}", db.message()),
                 details: vec![json!({"sqlstate": db.code().code()})],
             };
         }
@@ -197,6 +198,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Self::MethodNotAllowed(allowed) = &self
+            && let Ok(value) = HeaderValue::from_str(&allowed.join(", "))
+        {
+            response.headers_mut().insert(header::ALLOW, value);
         }
         if matches!(self, Self::Unauthorized(_)) {
             response

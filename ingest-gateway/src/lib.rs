@@ -7,6 +7,7 @@
 mod auth;
 mod error;
 mod extract;
+pub mod grammar;
 mod metrics;
 mod openapi;
 mod pagination;
@@ -95,8 +96,13 @@ async fn start_gateway(
             axum::routing::get(|| async { axum::Json(openapi::document().clone()) }),
         )
         .fallback(|| async { error::ApiError::NotFound("route") })
-        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(|uri: axum::http::Uri| async move {
+            error::ApiError::MethodNotAllowed(
+                routes::documented_methods(uri.path()).unwrap_or_default(),
+            )
+        })
         .with_state(state.clone())
+        .layer(axum::middleware::from_fn(routes::check_method))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(extract::BodyLimit(limit)))
         .layer(axum::middleware::from_fn_with_state(

@@ -1,9 +1,9 @@
 //! Cursor pagination, newest first. A cursor is the (created_at, id) of the last item of the
-//! previous page, opaque to clients (base64url). Keyset pagination stays fast on deep pages
-//! and never skips or repeats an item when rows are inserted between page reads.
+//! previous page: `v1.<microseconds>.<32 hex digits>` (`grammar::CURSOR_PATTERN`, documented so that
+//! a generated request is a cursor this API can read). Clients treat it as opaque. Keyset
+//! pagination stays fast on deep pages and never skips or repeats an item when rows are
+//! inserted between page reads.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -21,18 +21,27 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!(
-            "{}|{}",
+        format!(
+            "v1.{}.{}",
             self.created_at.timestamp_micros(),
             self.id.simple()
-        ))
+        )
     }
 
     pub fn decode(text: &str) -> Result<Self, ApiError> {
         let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
-        let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
-        let raw = String::from_utf8(raw).map_err(|_| bad())?;
-        let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
+        let rest = text.strip_prefix("v1.").ok_or_else(bad)?;
+        let (micros, id) = rest.split_once('.').ok_or_else(bad)?;
+        let digits = micros.strip_prefix('-').unwrap_or(micros);
+        let canonical = (1..=16).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !canonical {
+            return Err(bad());
+        }
         let created_at =
             DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
         Ok(Self {
@@ -55,6 +64,22 @@ pub fn page_params(
         ));
     }
     Ok((limit, cursor.map(Cursor::decode).transpose()?))
+}
+
+/// Time filters (`from`, `to`) within what PostgreSQL's timestamps hold (years 1 to 9999; the
+/// parser accepts far more), so a filter is a 422 naming it rather than a database error.
+pub fn time_filters(filters: &[(&str, Option<DateTime<Utc>>)]) -> Result<(), ApiError> {
+    for (field, value) in filters {
+        if let Some(t) = value
+            && !(1..=9999).contains(&chrono::Datelike::year(t))
+        {
+            return Err(ApiError::invalid(
+                field,
+                "the year must be between 1 and 9999",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One page of a list: the items and, when there are more, the cursor of the next page.
@@ -106,9 +131,25 @@ mod tests {
             back.created_at.timestamp_micros(),
             c.created_at.timestamp_micros()
         );
-        for bad in ["", "!!!", "bm9waXBl", &URL_SAFE_NO_PAD.encode("1|nope")] {
+        let pattern = regex::Regex::new(crate::grammar::CURSOR_PATTERN).expect("pattern");
+        assert!(pattern.is_match(&c.encode()), "{}", c.encode());
+        let hex = c.id.simple().to_string();
+        for bad in [
+            "",
+            "!!!",
+            "bm9waXBl",
+            "v1.1.nope",
+            "v1..abc",
+            &format!("v1.{}.{hex}", "9".repeat(17)),
+            &format!("v1.1.{}", hex.to_uppercase()),
+        ] {
             assert!(Cursor::decode(bad).is_err(), "{bad}");
+            assert!(!pattern.is_match(bad) || bad.is_empty(), "{bad}");
         }
+        assert!(
+            Cursor::decode(&format!("v1.-5.{hex}")).is_ok(),
+            "before 1970"
+        );
     }
 
     #[test]

@@ -273,9 +273,22 @@ async fn poison_records_are_skipped_without_stalling() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_while_paused_keeps_timing() -> anyhow::Result<()> {
+    rebalance_while_paused("roundrobin").await
+}
+
+/// Under cooperative-sticky a rebalance revokes only the partitions that move: the paused
+/// partitions A keeps must still be resumed when due (they are not re-fetched from the commit,
+/// so a forgotten timer would leave them paused for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cooperative_rebalance_while_paused_keeps_timing() -> anyhow::Result<()> {
+    rebalance_while_paused("cooperative-sticky").await
+}
+
+async fn rebalance_while_paused(strategy: &str) -> anyhow::Result<()> {
     let s = setup().await?;
     let mut config = s.env.config.clone();
     config.kafka.session_timeout_ms = 6000;
+    config.kafka.partition_assignment_strategy = strategy.to_owned();
     let stop_a = CancellationToken::new();
     let a = retry_scheduler::start(config.clone(), stop_a.clone()).await?;
     let reader = s.reader()?;
@@ -285,8 +298,9 @@ async fn a_rebalance_while_paused_keeps_timing() -> anyhow::Result<()> {
         let at = start + chrono::Duration::milliseconds(3500 + 100 * i);
         due.insert(s.retry("3s", &EndpointId::new(), at).await?, at);
     }
-    // A has fetched and paused the heads; a second instance joins: every partition is revoked
-    // and reassigned across A and B while its head is not yet due.
+    // A has fetched and paused the heads; a second instance joins: partitions are revoked (all
+    // of them, or with cooperative-sticky only those that move) and reassigned across A and B
+    // while their heads are not yet due.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stop_b = CancellationToken::new();
     let b = retry_scheduler::start(config.clone(), stop_b.clone()).await?;

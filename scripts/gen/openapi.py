@@ -6,6 +6,50 @@ validates every example against its schema."""
 import yaml, pathlib
 
 ID = lambda p, d: {"type": "string", "pattern": f"^{p}_[0-9a-f]{{32}}$", "description": d}
+
+# The grammar the server enforces (ingest-gateway/src/grammar.rs); tests/openapi.rs checks that
+# each pattern here is the server's, character for character.
+URL_PATTERN = (r"^https?://"
+    r"(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"|(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}"
+    r"|\[(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\]|\[::1\])"
+    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+    r"(?:[/?#][\x21-\x7e]*)?$")
+CURSOR_PATTERN = r"^v1\.-?[0-9]{1,16}\.[0-9a-f]{32}$"
+SECRET_PATTERN = (r"^whsec_(?:(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?"
+    r"|(?:[A-Za-z0-9+/]{4}){21}(?:[A-Za-z0-9+/][AQgw]==)?)$")
+HEADER_VALUE_PATTERN = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
+_WS = r"\t\n\x0b\x0c\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+LINE_PATTERN = (r"^[^\x00-\x1f\x7f-\x9f]*"
+    r"[^" + _WS + r"\x00-\x1f\x7f-\x9f]"
+    r"[^\x00-\x1f\x7f-\x9f]*$")
+PROSE_PATTERN = (r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*"
+    r"[^" + _WS + r"\x00-\x1f\x7f-\x9f]"
+    r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")
+OPTIONAL_PROSE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+KEY_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9._-]{1,255}$"
+# An exact type, `*`, or a type prefix (not ending in `.`) followed by `.*`.
+SUBSCRIPTION_PATTERN = r"^(?:\*|[A-Za-z0-9._-]{1,255}|[A-Za-z0-9._-]{0,254}[A-Za-z0-9_-]\.\*)$"
+TOKEN_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+
+def ci(word):
+    """A case-insensitive spelling of `word` without inline flags (ECMA-262 has none)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+RESERVED = ["host", "content-type", "content-length", "transfer-encoding", "connection",
+            "traceparent", "tracestate", "user-agent"]
+HEADER_NAME = {"pattern": TOKEN_PATTERN, "not": {"anyOf": [{"pattern": f"^{ci(r)}$"} for r in RESERVED]
+    + [{"pattern": f"^{ci('webhook-')}"}, {"pattern": f"^{ci('x-harborhook-')}"}]}}
+HEADERS = {"type": "object", "maxProperties": 20, "propertyNames": HEADER_NAME,
+    "additionalProperties": {"type": "string", "maxLength": 4096, "pattern": HEADER_VALUE_PATTERN},
+    "description": "Custom headers sent with every delivery; Harborhook's own cannot be overridden"}
+TEXT = lambda pattern, max_len, d=None: {k: v for k, v in {"type": "string", "maxLength": max_len,
+    "pattern": pattern, "description": d}.items() if v is not None}
+URL = {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN,
+    "description": "http(s) URL; ASCII host (xn-- for international names), optional port, printable ASCII path; no credentials"}
+SECRET = {"type": "string", "pattern": SECRET_PATTERN, "description": "`whsec_` and base64 of 24 to 64 bytes"}
+RANGE = lambda lo, hi: {"type": "integer", "minimum": lo, "maximum": hi}
+RATE = {"type": "number", "minimum": 0.001, "maximum": 10000}
 TS = {"type": "string", "format": "date-time"}
 NULLABLE = lambda s: {"oneOf": [s, {"type": "null"}]}
 EX_TEN, EX_EP = "ten_0190c5a1b2c37d4e8f9a0b1c2d3e4f50", "ep_0190c5a1b2c37d4e8f9a0b1c2d3e4f51"
@@ -22,13 +66,17 @@ def body(schema, example): return {"required": True, "content": {"application/js
 def ok(code, desc, schema, example):
     return {code: {"description": desc, "content": {"application/json": {"schema": schema, "example": example}}}}
 ERR = lambda *codes: {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
-P = lambda name, desc: {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": desc}
+P = lambda name, prefix, desc: {"name": name, "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": f"^{prefix}_[0-9a-f]{{32}}$"}, "description": desc}
 Q = lambda name, schema, desc: {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
-TEN, EP, SUB = P("tenant_id", "Tenant id (`ten_…`)"), P("endpoint_id", "Endpoint id (`ep_…`)"), P("subscription_id", "Subscription id (`sub_…`)")
-EVT, DLV = P("event_id", "Event id (`evt_…`)"), P("delivery_id", "Delivery id (`dlv_…`), the `webhook-id`")
+TEN, EP = P("tenant_id", "ten", "Tenant id (`ten_…`)"), P("endpoint_id", "ep", "Endpoint id (`ep_…`)")
+SUB = P("subscription_id", "sub", "Subscription id (`sub_…`)")
+EVT, DLV = P("event_id", "evt", "Event id (`evt_…`)"), P("delivery_id", "dlv", "Delivery id (`dlv_…`), the `webhook-id`")
 PAGE = [Q("limit", {"type": "integer", "minimum": 1, "maximum": 250, "default": 50}, "Page size"),
-        Q("cursor", {"type": "string"}, "`next_cursor` of the previous page")]
+        Q("cursor", {"type": "string", "pattern": CURSOR_PATTERN}, "`next_cursor` of the previous page")]
+TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, years 1 to 9999"}
 AUTH_ERR = (401, 404, 429)
+LIST_ERR = (400, 401, 404, 422, 429)
 
 endpoint_ex = {"id": EX_EP, "tenant_id": EX_TEN, "url": "https://example.com/webhooks", "description": "billing",
     "signature_scheme": "standard_webhooks", "enabled": True, "disabled_reason": None, "max_in_flight": 10,
@@ -46,7 +94,7 @@ schemas = {
   "Error": obj({"error": obj({"code": {"type": "string"}, "message": {"type": "string"},
       "details": {"type": "array", "items": {"type": "object"}}}, ["code", "message", "details"])}, ["error"]),
   "Tenant": obj({"id": ID("ten", "Tenant id"), "name": {"type": "string"}, "created_at": TS}, ["id", "name", "created_at"]),
-  "Endpoint": obj({"id": ID("ep", "Endpoint id"), "tenant_id": ID("ten", "Tenant id"), "url": {"type": "string", "format": "uri"},
+  "Endpoint": obj({"id": ID("ep", "Endpoint id"), "tenant_id": ID("ten", "Tenant id"), "url": URL,
       "description": {"type": "string"}, "signature_scheme": ref("SignatureScheme"), "enabled": {"type": "boolean"},
       "disabled_reason": NULLABLE({"type": "string"}), "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 1000},
       "rate_limit_per_sec": NULLABLE({"type": "number"}), "connect_timeout_ms": {"type": "integer"}, "timeout_ms": {"type": "integer"},
@@ -56,17 +104,18 @@ schemas = {
   "SignatureScheme": {"enum": ["standard_webhooks", "harborhook_legacy"],
       "description": "`standard_webhooks` (webhook-id/-timestamp/-signature) or the replaced system's X-HarborHook-* headers"},
   "EndpointWithSecret": {"allOf": [ref("Endpoint")], "type": "object", "properties": {"secret": {"type": "string"}}, "required": ["secret"]},
-  "CreateEndpoint": obj({"url": {"type": "string"}, "description": {"type": "string"}, "secret": {"type": "string", "pattern": "^whsec_"},
-      "signature_scheme": ref("SignatureScheme"), "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 1000},
-      "rate_limit_per_sec": {"type": "number", "exclusiveMinimum": 0, "maximum": 10000},
-      "connect_timeout_ms": {"type": "integer", "minimum": 100, "maximum": 60000}, "timeout_ms": {"type": "integer", "minimum": 100, "maximum": 300000},
-      "headers": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 20}}, ["url"]),
-  "UpdateEndpoint": obj({"url": {"type": "string"}, "description": {"type": "string"}, "signature_scheme": ref("SignatureScheme"),
-      "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 1000}, "rate_limit_per_sec": NULLABLE({"type": "number"}),
-      "connect_timeout_ms": {"type": "integer"}, "timeout_ms": {"type": "integer"},
-      "headers": {"type": "object", "additionalProperties": {"type": "string"}}}),
-  "EndpointAction": obj({"reason": {"type": "string", "description": "Required by `:disable`"},
-      "secret": {"type": "string", "description": "`:rotate-secret` with a chosen secret; generated when absent"}}),
+  # Optional fields: absent or null mean the default (create) or unchanged (update), except an
+  # update's rate_limit_per_sec, where null removes the limit.
+  "CreateEndpoint": obj({"url": URL, "description": TEXT(OPTIONAL_PROSE_PATTERN, 1000), "secret": NULLABLE(SECRET),
+      "signature_scheme": NULLABLE(ref("SignatureScheme")), "max_in_flight": NULLABLE(RANGE(1, 1000)),
+      "rate_limit_per_sec": NULLABLE(RATE), "connect_timeout_ms": NULLABLE(RANGE(100, 60000)),
+      "timeout_ms": NULLABLE(RANGE(100, 300000)), "headers": HEADERS}, ["url"]),
+  "UpdateEndpoint": obj({"url": NULLABLE(URL), "description": NULLABLE(TEXT(OPTIONAL_PROSE_PATTERN, 1000)),
+      "signature_scheme": NULLABLE(ref("SignatureScheme")), "max_in_flight": NULLABLE(RANGE(1, 1000)),
+      "rate_limit_per_sec": NULLABLE(RATE), "connect_timeout_ms": NULLABLE(RANGE(100, 60000)),
+      "timeout_ms": NULLABLE(RANGE(100, 300000)), "headers": NULLABLE(HEADERS)}),
+  "DisableEndpoint": obj({"reason": TEXT(PROSE_PATTERN, 1000, "Why; shown with the endpoint")}, ["reason"]),
+  "RotateSecret": obj({"secret": NULLABLE({**SECRET, "description": "A chosen secret; generated when absent"})}),
   "Secret": obj({"secret": {"type": "string"}, "created_at": TS, "previous": {"type": "array", "items": obj(
       {"secret": {"type": "string"}, "created_at": TS, "expires_at": NULLABLE(TS)}, ["secret", "created_at", "expires_at"])}},
       ["secret", "created_at", "previous"]),
@@ -74,13 +123,16 @@ schemas = {
   "Subscription": obj({"id": ID("sub", "Subscription id"), "tenant_id": ID("ten", "Tenant id"), "endpoint_id": ID("ep", "Endpoint id"),
       "event_type": {"type": "string", "description": "Exact type, `prefix.*`, or `*`"}, "created_at": TS},
       ["id", "tenant_id", "endpoint_id", "event_type", "created_at"]),
-  "CreateSubscription": obj({"event_type": {"type": "string"}, "endpoint_id": ID("ep", "Endpoint id")}, ["event_type", "endpoint_id"]),
-  "Publish": obj({"event_type": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,255}$"}, "payload": {"type": "object"},
-      "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255}, "ordering_key": {"type": "string", "minLength": 1, "maxLength": 255}},
+  "CreateSubscription": obj({"event_type": {"type": "string", "pattern": SUBSCRIPTION_PATTERN,
+      "description": "An exact type, `prefix.*` or `*`"}, "endpoint_id": ID("ep", "An endpoint of this tenant")}, ["event_type", "endpoint_id"]),
+  "Publish": obj({"event_type": {"type": "string", "pattern": EVENT_TYPE_PATTERN},
+      "payload": {"type": "object", "description": "Any JSON object, carried to receivers as sent (nesting at most 64, no repeated key, numbers within double range; size limit: docs/api.md)"},
+      "idempotency_key": NULLABLE(TEXT(KEY_PATTERN, 255)), "ordering_key": NULLABLE(TEXT(KEY_PATTERN, 255))},
       ["event_type", "payload"]),
   "Published": obj({"event_id": ID("evt", "Event id"), "duplicate": {"type": "boolean",
       "description": "True when the idempotency key matched an earlier publish"}}, ["event_id", "duplicate"]),
-  "Batch": obj({"events": {"type": "array", "minItems": 1, "maxItems": 500, "items": ref("Publish")}}, ["events"]),
+  "Batch": obj({"events": {"type": "array", "minItems": 1, "maxItems": 500, "items": {},
+      "description": "Each item a Publish body, validated on its own: a bad item is that item's error in the 207 answer"}}, ["events"]),
   "BatchResult": obj({"results": {"type": "array", "items": obj({"index": {"type": "integer"}, "status": {"type": "integer"},
       "event_id": ID("evt", "Event id"), "duplicate": {"type": "boolean"}, "error": {"type": "object"}}, ["index", "status"])}}, ["results"]),
   "Event": obj({"id": ID("evt", "Event id"), "tenant_id": ID("ten", "Tenant id"), "event_type": {"type": "string"}, "payload": {"type": "object"},
@@ -98,9 +150,9 @@ schemas = {
   "Attempts": obj({"data": {"type": "array", "items": obj({"attempt": {"type": "integer"}, "started_at": TS, "duration_ms": {"type": "integer"},
       "status_code": NULLABLE({"type": "integer"}), "error_class": NULLABLE({"type": "string"}), "error": NULLABLE({"type": "string"}),
       "response_excerpt": NULLABLE({"type": "string"})}, ["attempt", "started_at", "duration_ms"])}}, ["data"]),
-  "Replay": obj({"reason": {"type": "string", "minLength": 1, "maxLength": 1000}}, ["reason"]),
+  "Replay": obj({"reason": TEXT(PROSE_PATTERN, 1000, "Why; recorded with the replay")}, ["reason"]),
   "Replayed": obj({"delivery_id": ID("dlv", "Delivery id"), "replay_id": {"type": "string"}}, ["delivery_id", "replay_id"]),
-  "CreateTenant": obj({"name": {"type": "string", "minLength": 1, "maxLength": 200}, "id": ID("ten", "Optional chosen id")}, ["name"]),
+  "CreateTenant": obj({"name": TEXT(LINE_PATTERN, 200), "id": NULLABLE(ID("ten", "Optional chosen id"))}, ["name"]),
 }
 for name in ["Endpoint", "Subscription", "Event", "Delivery"]:
     schemas[name + "Page"] = page(name)
@@ -130,7 +182,7 @@ paths = {
        body(ref("CreateEndpoint"), {"url": "https://example.com/webhooks", "description": "billing", "headers": {"x-team": "billing"}}),
        errs=(400, 401, 404, 413, 415, 422, 429)),
    "get": op("List endpoints", [TEN, *PAGE, Q("enabled", {"type": "boolean"}, "Only enabled or disabled endpoints")],
-       ok("200", "A page", ref("EndpointPage"), {"data": [endpoint_ex], "next_cursor": None}), errs=(400, 401, 404, 429))},
+       ok("200", "A page", ref("EndpointPage"), {"data": [endpoint_ex], "next_cursor": None}), errs=LIST_ERR)},
  "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}": {
    "get": op("Get an endpoint", [TEN, EP], ok("200", "The endpoint", ref("Endpoint"), endpoint_ex)),
    "patch": op("Update an endpoint", [TEN, EP], ok("200", "Updated", ref("Endpoint"), endpoint_ex),
@@ -139,17 +191,18 @@ paths = {
  "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}:enable": {"post": op("Enable an endpoint", [TEN, EP], ok("200", "Enabled", ref("Endpoint"), endpoint_ex))},
  "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}:disable": {"post": op("Disable an endpoint", [TEN, EP],
      ok("200", "Disabled", ref("Endpoint"), {**endpoint_ex, "enabled": False, "disabled_reason": "maintenance"}),
-     body(ref("EndpointAction"), {"reason": "maintenance"}), errs=(400, 401, 404, 415, 422, 429))},
+     body(ref("DisableEndpoint"), {"reason": "maintenance"}), errs=(400, 401, 404, 415, 422, 429))},
  "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}:rotate-secret": {"post": op("Rotate the signing secret", [TEN, EP],
      ok("200", "The new secret; the old one keeps signing until previous_secret_expires_at", ref("Rotated"),
-        {"secret": secret, "previous_secret_expires_at": EX_T}), errs=(400, 401, 404, 415, 422, 429),
+        {"secret": secret, "previous_secret_expires_at": EX_T}),
+     {**body(ref("RotateSecret"), {"secret": secret}), "required": False}, errs=(400, 401, 404, 415, 422, 429),
      desc="The previous secret signs beside the new one for `gateway.secret_rotation_overlap` (24 h by default); both signatures are sent.")},
  "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/secret": {"get": op("Read the signing secrets", [TEN, EP],
      ok("200", "Current and overlapping secrets", ref("Secret"), {"secret": secret, "created_at": EX_T, "previous": []}))},
  "/v1/tenants/{tenant_id}/subscriptions": {
    "post": op("Subscribe an endpoint to an event type or pattern", [TEN], ok("201", "Created", ref("Subscription"), sub_ex),
        body(ref("CreateSubscription"), {"event_type": "invoice.*", "endpoint_id": EX_EP}), errs=(400, 401, 404, 409, 413, 415, 422, 429)),
-   "get": op("List subscriptions", [TEN, *PAGE, Q("endpoint_id", {"type": "string"}, "Only this endpoint's")],
+   "get": op("List subscriptions", [TEN, *PAGE, Q("endpoint_id", ID("ep", "Endpoint id"), "Only this endpoint's")],
        ok("200", "A page", ref("SubscriptionPage"), {"data": [sub_ex], "next_cursor": None}), errs=(400, 401, 404, 422, 429))},
  "/v1/tenants/{tenant_id}/subscriptions/{subscription_id}": {
    "get": op("Get a subscription", [TEN, SUB], ok("200", "The subscription", ref("Subscription"), sub_ex)),
@@ -167,13 +220,13 @@ paths = {
            {"results": [{"index": 0, "status": 422, "error": {"code": "validation_failed", "message": "event_type: ..."}}]})},
      body(ref("Batch"), {"events": [{"event_type": "invoice.paid", "payload": {"invoice": "in_1"}}]}),
      errs=(400, 401, 404, 413, 415, 422, 429))},
- "/v1/tenants/{tenant_id}/events": {"get": op("List events", [TEN, *PAGE, Q("type", {"type": "string"}, "Exact event type"),
-     Q("from", TS, "Created at or after"), Q("to", TS, "Created before")],
-     ok("200", "A page", ref("EventPage"), {"data": [event_ex], "next_cursor": None}), errs=(400, 401, 404, 429))},
+ "/v1/tenants/{tenant_id}/events": {"get": op("List events", [TEN, *PAGE, Q("type", {"type": "string", "pattern": EVENT_TYPE_PATTERN}, "Exact event type"),
+     Q("from", TIME, "Created at or after"), Q("to", TIME, "Created before")],
+     ok("200", "A page", ref("EventPage"), {"data": [event_ex], "next_cursor": None}), errs=LIST_ERR)},
  "/v1/events/{event_id}": {"get": op("Get an event with its deliveries", [EVT], ok("200", "The event", ref("EventWithDeliveries"),
      {**event_ex, "deliveries": [delivery_ex]}))},
- "/v1/events/{event_id}/deliveries": {"get": op("List an event's deliveries", [EVT, Q("endpoint_id", {"type": "string"}, "Only this endpoint's"),
-     Q("from", TS, "Created at or after"), Q("to", TS, "Created before"), *PAGE],
+ "/v1/events/{event_id}/deliveries": {"get": op("List an event's deliveries", [EVT, Q("endpoint_id", ID("ep", "Endpoint id"), "Only this endpoint's"),
+     Q("from", TIME, "Created at or after"), Q("to", TIME, "Created before"), *PAGE],
      ok("200", "A page", ref("DeliveryPage"), {"data": [delivery_ex], "next_cursor": None}), errs=(400, 401, 404, 422, 429))},
  "/v1/deliveries/{delivery_id}": {"get": op("Get a delivery", [DLV], ok("200", "The delivery", ref("Delivery"), delivery_ex))},
  "/v1/deliveries/{delivery_id}/attempts": {"get": op("List a delivery's attempts", [DLV], ok("200", "Attempts, oldest first", ref("Attempts"),
@@ -181,8 +234,8 @@ paths = {
  "/v1/deliveries/{delivery_id}:replay": {"post": op("Replay a delivery", [DLV], ok("202", "Re-enqueued with the same delivery id", ref("Replayed"),
      {"delivery_id": EX_DLV, "replay_id": "0190c5a1-b2c3-7d4e-8f9a-0b1c2d3e4f60"}), body(ref("Replay"), {"reason": "endpoint fixed"}),
      errs=(400, 401, 404, 409, 415, 422, 429, 503))},
- "/v1/dlq": {"get": op("List dead-lettered deliveries", [Q("endpoint_id", {"type": "string"}, "Only this endpoint's"),
-     Q("tenant_id", {"type": "string"}, "Operators: only this tenant's"), *PAGE],
+ "/v1/dlq": {"get": op("List dead-lettered deliveries", [Q("endpoint_id", ID("ep", "Endpoint id"), "Only this endpoint's"),
+     Q("tenant_id", ID("ten", "Tenant id"), "Operators: only this tenant's"), *PAGE],
      ok("200", "A page (the caller's tenant, or every tenant for an operator token)", ref("DeliveryPage"),
         {"data": [{**delivery_ex, "status": "dead_lettered", "attempts": 7, "last_status_code": 500, "last_error_class": "http5xx", "delivered_at": None}],
          "next_cursor": None}), errs=(400, 401, 404, 422, 429))},

@@ -94,6 +94,38 @@ pub async fn maintain<C: Reload>(
     }
 }
 
+/// Notifications held for the reloading loop; a burst beyond this asks for a full reload.
+const BUFFER: usize = 1024;
+
+/// Hands notifications to the reloading loop without ever blocking the connection driver.
+struct Forward {
+    tx: mpsc::Sender<String>,
+    overflow: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Forward {
+    fn new(capacity: usize) -> (Self, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let forward = Self {
+            tx,
+            overflow: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        };
+        (forward, rx)
+    }
+
+    /// A full channel means a burst of changes: dropping the notification is safe because the
+    /// flag asks for a full reload, and a flag — unlike a marker sent into the full channel —
+    /// cannot itself be dropped; `Notify` keeps the wake-up until the loop waits for it.
+    fn offer(&self, payload: &str) {
+        if self.tx.try_send(payload.to_owned()).is_err() {
+            self.overflow.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
+}
+
 /// How often an idle listener reports that it runs (liveness).
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -116,23 +148,13 @@ impl<C: Reload> Watch<'_, C> {
         pg.connect_timeout(self.config.database.connect_timeout);
         let (client, mut connection) = pg.connect(NoTls).await?;
         // Notifications arrive through the connection object; forward them, bounded.
-        let (tx, mut notifications) = mpsc::channel::<String>(1024);
-        let overflow = Arc::new(AtomicBool::new(false));
-        let overflowed = Arc::new(tokio::sync::Notify::new());
-        let (flag, wake) = (overflow.clone(), overflowed.clone());
+        let (forward, mut notifications) = Forward::new(BUFFER);
+        let (overflow, overflowed) = (forward.overflow.clone(), forward.wake.clone());
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
-                    Ok(AsyncMessage::Notification(n)) => {
-                        // A full channel means a burst of changes: dropping one is safe
-                        // because the flag asks for a full reload, and a flag (unlike a
-                        // marker sent into the full channel) cannot itself be dropped.
-                        if tx.try_send(n.payload().to_owned()).is_err() {
-                            flag.store(true, Ordering::SeqCst);
-                            wake.notify_one();
-                        }
-                    }
+                    Ok(AsyncMessage::Notification(n)) => forward.offer(n.payload()),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "listener connection error");
@@ -176,5 +198,29 @@ impl<C: Reload> Watch<'_, C> {
         };
         driver.abort();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_overflow_is_never_lost() {
+        let (forward, mut rx) = Forward::new(2);
+        for tenant in ["a", "b", "c", "d"] {
+            forward.offer(tenant);
+        }
+        // Two were kept, two dropped: the flag and a stored wake-up say so.
+        assert_eq!(rx.recv().await.as_deref(), Some("a"));
+        assert_eq!(rx.recv().await.as_deref(), Some("b"));
+        tokio::time::timeout(Duration::from_secs(1), forward.wake.notified())
+            .await
+            .expect("the wake-up was kept for the loop");
+        assert!(forward.overflow.swap(false, Ordering::SeqCst));
+        // With room again, nothing overflows.
+        forward.offer("e");
+        assert!(!forward.overflow.load(Ordering::SeqCst));
+        assert_eq!(rx.recv().await.as_deref(), Some("e"));
     }
 }

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 pub enum TextError {
     #[error("must not be empty")]
     Empty,
-    #[error("at most {max} bytes")]
+    #[error("at most {max} characters")]
     TooLong { max: usize },
     #[error("must not contain control characters (found U+{0:04X})")]
     Control(u32),
@@ -29,7 +29,8 @@ pub enum Lines {
     Multi,
 }
 
-/// Checks a client's text: not empty (after trimming), at most `max` bytes, no control
+/// Checks a client's text: not empty (after trimming), at most `max` characters (Unicode scalar
+/// values, as JSON Schema's `maxLength` and PostgreSQL's `length()` count), no control
 /// characters beyond what `lines` allows.
 pub fn check(text: &str, max: usize, lines: Lines) -> Result<(), TextError> {
     if text.trim().is_empty() {
@@ -40,7 +41,8 @@ pub fn check(text: &str, max: usize, lines: Lines) -> Result<(), TextError> {
 
 /// As [`check`], for a field that may be empty (a description).
 pub fn check_optional(text: &str, max: usize, lines: Lines) -> Result<(), TextError> {
-    if text.len() > max {
+    // Bytes bound characters from above: count only when it could matter.
+    if text.len() > max && text.chars().count() > max {
         return Err(TextError::TooLong { max });
     }
     let allowed = |c: char| lines == Lines::Multi && matches!(c, '\t' | '\n' | '\r');
@@ -86,6 +88,11 @@ mod tests {
     fn client_text_is_checked() {
         assert_eq!(check("ok", 10, Lines::Single), Ok(()));
         assert_eq!(check("  ", 10, Lines::Single), Err(TextError::Empty));
+        assert_eq!(
+            check("éééé", 4, Lines::Single),
+            Ok(()),
+            "characters, not bytes"
+        );
         assert_eq!(
             check("abcdef", 5, Lines::Single),
             Err(TextError::TooLong { max: 5 })

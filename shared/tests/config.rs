@@ -163,6 +163,54 @@ fn invalid_values_name_their_key() {
             "typo:9092",
             "kafka.bootstraps",
         ),
+        // Assignors librdkafka does not have, or eager and cooperative mixed.
+        (
+            "HARBORHOOK_KAFKA__PARTITION_ASSIGNMENT_STRATEGY",
+            "sticky",
+            "kafka.partition_assignment_strategy",
+        ),
+        (
+            "HARBORHOOK_KAFKA__PARTITION_ASSIGNMENT_STRATEGY",
+            "range,cooperative-sticky",
+            "kafka.partition_assignment_strategy",
+        ),
+        // A producer limit that leaves no room for a payload after the record envelope.
+        (
+            "HARBORHOOK_KAFKA__MESSAGE_MAX_BYTES",
+            "50000",
+            "kafka.message_max_bytes",
+        ),
+        // Durations beyond what a clock can add without overflowing.
+        (
+            "HARBORHOOK_DELIVERY__DRAIN_TIMEOUT",
+            "100000000years",
+            "delivery.drain_timeout",
+        ),
+        (
+            "HARBORHOOK_RETRY__SCHEDULE",
+            "5s,500years",
+            "retry.schedule",
+        ),
+        (
+            "HARBORHOOK_DELIVERY__TENANT_SHARE",
+            "0",
+            "delivery.tenant_share",
+        ),
+        (
+            "HARBORHOOK_DELIVERY__ENDPOINT_SHARE",
+            "1.5",
+            "delivery.endpoint_share",
+        ),
+        (
+            "HARBORHOOK_LIVENESS__STALL_TIMEOUT",
+            "1s",
+            "liveness.stall_timeout",
+        ),
+        (
+            "HARBORHOOK_DATABASE__STATEMENT_TIMEOUT",
+            "10ms",
+            "database.statement_timeout",
+        ),
     ];
     for &(var, value, key) in cases {
         Jail::expect_with(|jail| {
@@ -175,6 +223,24 @@ fn invalid_values_name_their_key() {
                 text.contains(&format!("`{key}`")),
                 "{var}={value}: `{text}` does not name {key}"
             );
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn every_accepted_assignor_loads() {
+    for strategy in [
+        "roundrobin",
+        "range",
+        "range,roundrobin",
+        "cooperative-sticky",
+    ] {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("HARBORHOOK_KAFKA__PARTITION_ASSIGNMENT_STRATEGY", strategy);
+            let config = load()?;
+            assert_eq!(config.kafka.partition_assignment_strategy, strategy);
             Ok(())
         });
     }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod hostile;
 pub mod manifests;
 pub mod platform;
 

@@ -154,6 +154,10 @@ pub struct Platform {
     pub world: World,
     procs: Vec<Option<Proc>>,
     port: u16,
+    /// The ops listener of each service (the gateway's is `port`).
+    pub ops: Vec<u16>,
+    /// More `HARBORHOOK_*` settings for every service.
+    extra: Vec<(String, String)>,
     jwks: String,
     pub api: String,
     keys: DevKeys,
@@ -163,6 +167,11 @@ pub struct Platform {
 impl Platform {
     /// Starts the four services against `world`'s configuration.
     pub async fn start(world: World) -> anyhow::Result<Self> {
+        Self::start_with(world, &[]).await
+    }
+
+    /// As [`Platform::start`], with more settings (`HARBORHOOK_…`, value) for every service.
+    pub async fn start_with(world: World, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
         let keys_dir = std::env::temp_dir().join(format!("{}-keys", world.env.schema));
         let keys = DevKeys::load_or_create(&keys_dir)?;
         let jwks = shared::jwt::jwks_path(&keys_dir).display().to_string();
@@ -170,10 +179,16 @@ impl Platform {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
+        let ops = vec![port, free_port(), free_port(), free_port()];
         let mut p = Self {
             world,
             procs: Vec::new(),
             port,
+            ops,
+            extra: extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             jwks,
             api: format!("http://127.0.0.1:{port}"),
             keys,
@@ -224,14 +239,49 @@ impl Platform {
             )
             .env("HARBORHOOK_GATEWAY__AUTH__JWKS_FILE", &self.jwks)
             .env("HARBORHOOK_GATEWAY__PUBLISH_TIMEOUT", "3s")
-            .env("HARBORHOOK_FANOUT__OPS_LISTEN", "127.0.0.1:0")
-            .env("HARBORHOOK_DELIVERY__OPS_LISTEN", "127.0.0.1:0")
-            .env("HARBORHOOK_SCHEDULER__OPS_LISTEN", "127.0.0.1:0")
+            .env(
+                "HARBORHOOK_FANOUT__OPS_LISTEN",
+                format!("127.0.0.1:{}", self.ops[1]),
+            )
+            .env(
+                "HARBORHOOK_DELIVERY__OPS_LISTEN",
+                format!("127.0.0.1:{}", self.ops[2]),
+            )
+            .env(
+                "HARBORHOOK_SCHEDULER__OPS_LISTEN",
+                format!("127.0.0.1:{}", self.ops[3]),
+            )
             .env("HARBORHOOK_DELIVERY__SSRF_ALLOW", "127.0.0.0/8")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        for (k, v) in &self.extra {
+            cmd.env(k, v);
+        }
         Ok(Proc(cmd.spawn()?))
+    }
+
+    /// The services that have exited, with their exit status.
+    pub fn exited(&mut self) -> Vec<(&'static str, std::process::ExitStatus)> {
+        let mut out = Vec::new();
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            if let Some(Proc(child)) = p
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                out.push((SERVICES[i], status));
+            }
+        }
+        out
+    }
+
+    /// GET `path` on service `i`'s ops listener: (status, body).
+    pub async fn ops_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
+        let r = self
+            .http
+            .get(format!("http://127.0.0.1:{}{path}", self.ops[i]))
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.text().await?))
     }
 
     /// SIGKILL service `i` (index in [`SERVICES`]), as a crash would.
@@ -296,6 +346,29 @@ impl Platform {
         }
         if let Some(key) = key {
             req = req.header("idempotency-key", key);
+        }
+        let resp = req.send().await?;
+        let status = StatusCode::from_u16(resp.status().as_u16())?;
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A request with a body sent exactly as given (`content-type: application/json`).
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let resp = req.send().await?;
         let status = StatusCode::from_u16(resp.status().as_u16())?;

@@ -126,6 +126,7 @@ pub async fn of_event(
     load_event(&state, &principal, &id).await?;
     let (limit, cursor) = page_params(params.limit, params.cursor.as_deref())?;
     let endpoint = endpoint_filter(params.endpoint_id.as_deref())?;
+    crate::pagination::time_filters(&[("from", params.from), ("to", params.to)])?;
     let rows = delivery_rows(
         &state,
         &id,
@@ -216,8 +217,14 @@ pub async fn action(
         return Err(ApiError::NotFound("action"));
     }
     let id: DeliveryId = parse_id(id, "delivery")?;
+    // Checked as sent (the document's pattern), stored without surrounding white space.
+    ApiError::text(
+        "reason",
+        &body.reason,
+        REASON_MAX,
+        shared::text::Lines::Multi,
+    )?;
     let reason = body.reason.trim();
-    ApiError::text("reason", reason, REASON_MAX, shared::text::Lines::Multi)?;
     let delivery = load(&state, &principal, &id).await?;
     let event = load_event(&state, &principal, &delivery.event_id).await?;
     let mut client = state.pool.get().await?;

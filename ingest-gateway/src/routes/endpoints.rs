@@ -86,9 +86,12 @@ pub struct CreateEndpoint {
     description: String,
     secret: Option<String>,
     signature_scheme: Option<SignatureScheme>,
+    #[serde(default, deserialize_with = "crate::grammar::integer")]
     max_in_flight: Option<i32>,
     rate_limit_per_sec: Option<f64>,
+    #[serde(default, deserialize_with = "crate::grammar::integer")]
     connect_timeout_ms: Option<i32>,
+    #[serde(default, deserialize_with = "crate::grammar::integer")]
     timeout_ms: Option<i32>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -107,10 +110,13 @@ pub struct UpdateEndpoint {
     url: Option<String>,
     description: Option<String>,
     signature_scheme: Option<SignatureScheme>,
+    #[serde(default, deserialize_with = "crate::grammar::integer")]
     max_in_flight: Option<i32>,
     #[serde(default, deserialize_with = "nullable")]
     rate_limit_per_sec: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "crate::grammar::integer")]
     connect_timeout_ms: Option<i32>,
+    #[serde(default, deserialize_with = "crate::grammar::integer")]
     timeout_ms: Option<i32>,
     headers: Option<BTreeMap<String, String>>,
 }
@@ -121,12 +127,16 @@ const DESCRIPTION_MAX: usize = 1000;
 const REASON_MAX: usize = 1000;
 
 fn check_url(state: &AppState, url: &str) -> ApiResult<()> {
-    // The URL parser would quietly drop or escape control characters and spaces; the stored
-    // URL is the one the tenant sees, so it must be exactly what is requested.
-    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if url.chars().count() > 2048 {
+        return Err(ApiError::invalid("url", "at most 2048 characters"));
+    }
+    // The documented grammar (grammar.rs): ASCII, no spaces or control characters (the URL
+    // parser would quietly drop or escape them, and the stored URL is the one the tenant
+    // sees), no credentials.
+    if !crate::grammar::url_matches(url) {
         return Err(ApiError::invalid(
             "url",
-            "must not contain spaces or control characters",
+            "must be an http(s) URL with an ASCII host (xn-- for international names), an optional port, and a path of printable ASCII",
         ));
     }
     let parsed = reqwest::Url::parse(url)
@@ -145,9 +155,6 @@ fn check_url(state: &AppState, url: &str) -> ApiResult<()> {
             "url",
             "must not contain credentials; use custom headers",
         ));
-    }
-    if url.len() > 2048 {
-        return Err(ApiError::invalid("url", "at most 2048 characters"));
     }
     Ok(())
 }
@@ -199,7 +206,7 @@ fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
                 format!("`{name}` is not a valid header name"),
             ));
         }
-        if axum::http::HeaderValue::from_str(value).is_err() || value.len() > 4096 {
+        if axum::http::HeaderValue::from_str(value).is_err() || value.chars().count() > 4096 {
             return Err(ApiError::invalid(
                 "headers",
                 format!("the value of `{name}` is not a valid header value"),
@@ -484,12 +491,26 @@ pub async fn secret(
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct ActionBody {
+pub struct DisableBody {
     reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
     secret: Option<String>,
 }
 
-/// `POST …/endpoints/{id}:enable|:disable|:rotate-secret`.
+/// The body of an action that may have none (`:enable`, `:rotate-secret`).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(raw: &[u8]) -> ApiResult<T> {
+    if raw.is_empty() {
+        Ok(T::default())
+    } else {
+        crate::extract::parse(raw)
+    }
+}
+
+/// `POST …/endpoints/{id}:enable|:disable|:rotate-secret`, each with its own body.
 pub async fn action(
     State(state): State<AppState>,
     principal: Principal,
@@ -498,32 +519,38 @@ pub async fn action(
 ) -> ApiResult<Response> {
     let (endpoint, verb) = parse_action(&endpoint)?;
     let (tenant, id) = ids(&principal, &tenant, endpoint)?;
-    // The body is optional (`:enable` needs none).
-    let body: ActionBody = if raw.is_empty() {
-        ActionBody::default()
-    } else {
-        crate::extract::parse(&raw)?
-    };
     match verb {
-        "enable" => set_enabled(&state, &tenant, &id, None)
-            .await
-            .map(IntoResponse::into_response),
+        "enable" => {
+            optional_body::<IgnoredBody>(&raw)?;
+            set_enabled(&state, &tenant, &id, None)
+                .await
+                .map(IntoResponse::into_response)
+        }
         "disable" => {
+            let body: DisableBody = optional_body(&raw)?;
             let reason = body
                 .reason
-                .filter(|r| !r.trim().is_empty())
                 .ok_or_else(|| ApiError::invalid("reason", "required to disable an endpoint"))?;
             ApiError::text("reason", &reason, REASON_MAX, shared::text::Lines::Multi)?;
+            let reason = reason.trim().to_owned();
             set_enabled(&state, &tenant, &id, Some(reason))
                 .await
                 .map(IntoResponse::into_response)
         }
-        "rotate-secret" => rotate(&state, &tenant, &id, body.secret)
-            .await
-            .map(IntoResponse::into_response),
+        "rotate-secret" => {
+            let body: RotateBody = optional_body(&raw)?;
+            rotate(&state, &tenant, &id, body.secret)
+                .await
+                .map(IntoResponse::into_response)
+        }
         _ => Err(ApiError::NotFound("action")),
     }
 }
+
+/// `:enable` takes no body; an empty object is tolerated.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IgnoredBody {}
 
 async fn set_enabled(
     state: &AppState,

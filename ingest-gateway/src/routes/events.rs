@@ -190,6 +190,7 @@ pub async fn list(
         params.cursor.as_deref(),
     )
     .await?;
+    crate::pagination::time_filters(&[("from", params.from), ("to", params.to)])?;
     if let Some(t) = &params.event_type {
         t.parse::<shared::domain::EventType>()
             .map_err(|e| ApiError::invalid("type", e))?;

@@ -118,6 +118,53 @@ pub fn api() -> Router<AppState> {
         .route("/v1/dlq", get(deliveries::dlq))
 }
 
+/// Whether a path segment matches a route template's: `{name}` is one id (no `:`), `{name}:verb`
+/// an id followed by that verb, anything else itself.
+fn segment_matches(template: &str, segment: &str) -> bool {
+    let Some(rest) = template.strip_prefix('{') else {
+        return template == segment;
+    };
+    let id_ok = |id: &str| !id.is_empty() && !id.contains(':');
+    match rest.split_once('}') {
+        Some((_, "")) => id_ok(segment),
+        Some((_, suffix)) => segment.strip_suffix(suffix).is_some_and(id_ok),
+        None => false,
+    }
+}
+
+/// The documented methods of the route `path` is an instance of, if any ([`ROUTES`]). The
+/// router matches `{id}` and `{id}:verb` as one segment; this tells them apart, so a method the
+/// document does not list for a path is a 405 naming the ones it does.
+pub fn documented_methods(path: &str) -> Option<Vec<&'static str>> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut methods: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|(_, template)| {
+            let t: Vec<&str> = template.split('/').collect();
+            t.len() == segments.len() && t.iter().zip(&segments).all(|(t, s)| segment_matches(t, s))
+        })
+        .map(|(method, _)| *method)
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    (!methods.is_empty()).then_some(methods)
+}
+
+/// Answers 405 (with `Allow`) for a method the document does not list for the path, before
+/// any extractor can answer something else (415 for a missing body, 404 for an id with a verb).
+pub async fn check_method(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if let Some(allowed) = documented_methods(request.uri().path())
+        && !allowed.contains(&request.method().as_str())
+    {
+        return ApiError::MethodNotAllowed(allowed).into_response();
+    }
+    next.run(request).await
+}
+
 /// The common start of a tenant-scoped list: the caller may see the tenant, the tenant exists,
 /// the page bounds are valid; with the connection to query on.
 pub struct TenantList {

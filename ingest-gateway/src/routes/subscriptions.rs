@@ -67,14 +67,16 @@ pub async fn create(
         .map_err(|e| ApiError::invalid("endpoint_id", e))?;
     let client = state.pool.get().await?;
     tenant_exists(&**client, &tenant).await?;
-    // The endpoint must be this tenant's: another tenant's endpoint is "not found".
+    // The endpoint must be this tenant's: a missing endpoint and another tenant's get the same
+    // 404 (as a missing resource named in the body does in Stripe's API), so ids do not leak.
+    let unknown = || ApiError::NotFound("endpoint");
     client
         .query_opt(
             "SELECT 1 FROM endpoints WHERE id = $1 AND tenant_id = $2",
             &[&endpoint, &tenant],
         )
         .await?
-        .ok_or(ApiError::NotFound("endpoint"))?;
+        .ok_or_else(unknown)?;
     let id = SubscriptionId::new();
     let row = client
         .query_one(
@@ -92,7 +94,7 @@ pub async fn create(
                 ))
             } else if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
                 // The endpoint was deleted between the check and the insert.
-                ApiError::NotFound("endpoint")
+                unknown()
             } else {
                 e.into()
             }

@@ -34,8 +34,9 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
     principal.require_operator()?;
+    // Checked as sent (the document's pattern), stored without surrounding white space.
+    ApiError::text("name", &body.name, 200, shared::text::Lines::Single)?;
     let name = body.name.trim();
-    ApiError::text("name", name, 200, shared::text::Lines::Single)?;
     let id = body.id.unwrap_or_default();
     let client = state.pool.get().await?;
     let row = client

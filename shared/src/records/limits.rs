@@ -24,8 +24,8 @@ use crate::records::{
 
 /// Record headers (`traceparent`, `tracestate` of at most 512 bytes, the tenant id), with room.
 pub const HEADERS_MAX: usize = 1024;
-/// The record key (an endpoint id, an ordering key of at most 255 bytes), with room.
-pub const KEY_BUDGET: usize = 320;
+/// The record key (an endpoint id, an ordering key of at most 255 characters), with room.
+pub const KEY_BUDGET: usize = 1100;
 /// librdkafka counts its per-message framing against `message.max.bytes`.
 pub const FRAMING_BUDGET: usize = 512;
 /// The smallest payload limit a configuration may leave.
@@ -79,9 +79,10 @@ impl RecordLimits {
     }
 }
 
-/// Text of `bytes` bytes that JSON escapes to six bytes each (`\u0001`).
-fn escaped(bytes: usize) -> String {
-    "\u{1}".repeat(bytes)
+/// Text of `n` characters, each of which JSON escapes to six bytes (`\u0001`): the most a
+/// character can take in a record (a non-ASCII character is carried as at most 4 bytes).
+fn escaped(n: usize) -> String {
+    "\u{1}".repeat(n)
 }
 
 fn longest_class() -> ErrorClass {

@@ -29,16 +29,16 @@ use crate::payload::Payload;
 pub const SCHEMA_VERSION: u32 = 1;
 /// The most of a response body kept with an attempt or a dead letter.
 pub const RESPONSE_EXCERPT_MAX: usize = 1024;
-/// Longest idempotency or ordering key accepted, in bytes.
+/// Longest idempotency or ordering key accepted, in characters.
 pub const KEY_MAX: usize = 255;
-/// Longest replay reason, in bytes.
+/// Longest replay reason, in characters.
 pub const REASON_MAX: usize = 1000;
-/// Longest `requested_by` of a replay (the token's subject), in bytes.
+/// Longest `requested_by` of a replay (the token's subject), in characters.
 pub const REQUESTED_BY_MAX: usize = 255;
 /// Longest free-text `error` kept with a dead letter, in bytes.
 pub const ERROR_MAX: usize = 1024;
 
-/// Checks an idempotency or ordering key: 1 to [`KEY_MAX`] bytes, no control characters (it is
+/// Checks an idempotency or ordering key: 1 to [`KEY_MAX`] characters, no control characters (it is
 /// stored in PostgreSQL and shown in logs and the API).
 pub fn check_key(key: &str) -> Result<(), crate::text::TextError> {
     if key.is_empty() {
