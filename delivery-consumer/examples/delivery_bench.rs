@@ -141,6 +141,7 @@ impl Setup {
                 attempt: 1,
                 attempts: Vec::new(),
                 replay: None,
+                deferred_since: None,
             };
             let value = serde_json::to_vec(&record)?;
             let key = endpoint.to_string();

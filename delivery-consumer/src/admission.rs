@@ -27,7 +27,10 @@
 //!   records beyond are deferred at once and its queue is shed down to that, so the records of
 //!   a stuck endpoint flow through to the retry tiers (durable and quick) and reading goes on.
 //!   A healthy endpoint answers its first request well within 100 ms, so a backlog of it is
-//!   queued, not deferred.
+//!   queued, not deferred. The same bounds hold for a lane that waits on its tenant's share
+//!   while none of the tenant's requests has come back for 100 ms (the tenant is stalled:
+//!   all it holds counts against its share), and for one that waits on the global cap while
+//!   none of anyone's has: queues behind slots that do not come back do not drain either.
 //!
 //! A lane blocked by its tenant's share waits in its tenant's queue, one blocked by the global
 //! cap in the global queue; a finished request wakes its own lane first, then its tenant's
@@ -39,9 +42,7 @@ use std::time::{Duration, Instant};
 use shared::ids::{EndpointId, TenantId};
 
 use crate::job::{Deferral, Job, Signal};
-#[cfg(test)]
-use crate::lanes::SUSPECT_AFTER;
-use crate::lanes::{Admission, Breaker, Circuit, Lane};
+use crate::lanes::{Admission, Breaker, Circuit, Lane, SUSPECT_AFTER};
 
 /// The budgets, with the shares already applied.
 #[derive(Debug, Clone)]
@@ -103,12 +104,45 @@ struct Usage {
     queued: usize,
     /// Records held (queued or in flight) by this tenant's lanes whose pace is not yet known.
     unproven: usize,
+    activity: Activity,
+}
+
+/// When requests of a group (a tenant, or all) started being in flight and last finished.
+#[derive(Debug, Default, Clone, Copy)]
+struct Activity {
+    busy_since: Option<Instant>,
+    last_finished: Option<Instant>,
+}
+
+impl Activity {
+    fn started(&mut self, in_flight_before: usize, now: Instant) {
+        if in_flight_before == 0 {
+            self.busy_since = Some(now);
+        }
+    }
+
+    fn finished(&mut self, now: Instant) {
+        self.last_finished = Some(now);
+    }
+
+    /// Requests in flight, and none finished for [`SUSPECT_AFTER`] since they began: every
+    /// slot of the group is held by requests that do not come back (its waiting lanes do not
+    /// drain), not merely busy.
+    fn stalled(&self, in_flight: usize, now: Instant) -> bool {
+        let since = match (self.busy_since, self.last_finished) {
+            (Some(b), Some(f)) => b.max(f),
+            (Some(b), None) => b,
+            (None, _) => return false,
+        };
+        in_flight > 0 && now.saturating_duration_since(since) > SUSPECT_AFTER
+    }
 }
 
 pub struct Core {
     pub lanes: HashMap<EndpointId, Lane>,
     tenants: HashMap<TenantId, Usage>,
     in_flight: usize,
+    activity: Activity,
     /// Lanes with work blocked only by the global cap, in arrival order.
     waiting: VecDeque<EndpointId>,
     /// Lanes blocked by their tenant's share.
@@ -127,6 +161,7 @@ impl Core {
             lanes: HashMap::new(),
             tenants: HashMap::new(),
             in_flight: 0,
+            activity: Activity::default(),
             waiting: VecDeque::new(),
             tenant_waiting: HashMap::new(),
             limits,
@@ -142,13 +177,41 @@ impl Core {
             .clamp(1, self.limits.endpoint_in_flight.max(1))
     }
 
+    /// The lane does not drain: its endpoint is suspect, or the slots it waits for are all
+    /// held by requests that do not come back (its tenant's, or everyone's).
+    fn stuck(&self, lane: &Lane, tenant: &TenantId, now: Instant) -> bool {
+        lane.suspect(now)
+            || (lane.waiting_tenant
+                && self
+                    .tenants
+                    .get(tenant)
+                    .is_some_and(|u| u.activity.stalled(u.in_flight, now)))
+            || (lane.waiting_global && self.activity.stalled(self.in_flight, now))
+    }
+
+    /// What of `tenant`'s holdings counts against its pending share: those of its endpoints
+    /// of unknown pace, or everything it holds while none of its requests comes back.
+    fn tenant_held(&self, tenant: &TenantId, now: Instant) -> usize {
+        self.tenants.get(tenant).map_or(0, |u| {
+            if u.activity.stalled(u.in_flight, now) {
+                u.unproven.max(u.queued + u.in_flight)
+            } else {
+                u.unproven
+            }
+        })
+    }
+
     /// A record read for its endpoint: queue it (and send what may go), or defer it.
     pub fn admit(&mut self, job: Job, settings: &impl Settings, now: Instant) -> Vec<Action> {
         let id = job.record.endpoint_id;
         let tenant = job.record.tenant_id;
         let ep = settings.limits(&id).unwrap_or(UNKNOWN);
         let cap = self.cap(ep);
-        let tenant_unproven = self.tenants.get(&tenant).map_or(0, |u| u.unproven);
+        let stuck = self
+            .lanes
+            .get(&id)
+            .is_some_and(|lane| self.stuck(lane, &tenant, now));
+        let tenant_over = self.tenant_held(&tenant, now) >= self.limits.tenant_pending;
         let lane = self.lanes.entry(id).or_default();
         if let Some(until) = lane.paused_until.filter(|t| *t > now) {
             return vec![defer(job, Deferral::Paused, until - now)];
@@ -158,13 +221,11 @@ impl Core {
         {
             return vec![defer(job, Deferral::CircuitOpen, until - now)];
         }
-        // An endpoint of unknown pace is at its share of the pending budget, or its tenant's
-        // are (module docs); or its queue is full, or a new record would wait longer than
+        // A lane that does not drain holds its share of the pending budget, or its tenant does
+        // (module docs); or its queue is full, or a new record would wait longer than
         // `max_queue_wait` at its pace (a slow endpoint; a fast one's deep queue drains in time).
         let unproven = !lane.proven();
-        let over_share = lane.suspect(now)
-            && (lane.held() >= self.limits.endpoint_pending
-                || tenant_unproven >= self.limits.tenant_pending);
+        let over_share = stuck && (lane.held() >= self.limits.endpoint_pending || tenant_over);
         let over_pace = !lane.waiting_global
             && !lane.queue.is_empty()
             && (lane.queue.len() >= self.limits.endpoint_queue
@@ -267,8 +328,10 @@ impl Core {
             };
             lane.sent(now);
             job.sent_at = now;
+            usage.activity.started(usage.in_flight, now);
             usage.in_flight += 1;
             usage.queued = usage.queued.saturating_sub(1);
+            self.activity.started(self.in_flight, now);
             self.in_flight += 1;
             out.push(Action::Send(job));
         }
@@ -314,8 +377,10 @@ impl Core {
             }
             None => (false, 0),
         };
+        self.activity.finished(now);
         if let Some(u) = self.tenants.get_mut(&tenant) {
             u.in_flight = u.in_flight.saturating_sub(1);
+            u.activity.finished(now);
             if before {
                 // This request, and (once proven) everything else the lane holds.
                 u.unproven = u.unproven.saturating_sub(1 + after);
@@ -413,18 +478,14 @@ impl Core {
         for id in ids {
             let ep = settings.limits(&id).unwrap_or(UNKNOWN);
             let cap = self.cap(ep);
-            let Some(lane) = self.lanes.get_mut(&id) else {
+            let Some(lane) = self.lanes.get(&id) else {
                 continue;
             };
             let Some(tenant) = lane.queue.front().map(|j| j.record.tenant_id) else {
                 continue;
             };
-            let keep = if lane.suspect(now) {
-                let tenant_over = self
-                    .tenants
-                    .get(&tenant)
-                    .is_some_and(|u| u.unproven > self.limits.tenant_pending);
-                if tenant_over {
+            let keep = if self.stuck(lane, &tenant, now) {
+                if self.tenant_held(&tenant, now) > self.limits.tenant_pending {
                     0
                 } else {
                     self.limits
@@ -432,12 +493,15 @@ impl Core {
                         .saturating_sub(lane.in_flight as usize)
                 }
             } else if lane.waiting_global || lane.waiting_tenant {
-                continue; // Waiting on the shared caps, not on the endpoint.
+                continue; // Waiting on shared slots that do come back.
             } else {
                 match lane.drains_within(cap, ep.rate, now, self.limits.max_queue_wait) {
                     Some(n) => n.max(1),
                     None => continue,
                 }
+            };
+            let Some(lane) = self.lanes.get_mut(&id) else {
+                continue;
             };
             if lane.queue.len() <= keep {
                 continue;
@@ -655,6 +719,19 @@ mod tests {
                     Op::Shed => {
                         let actions = core.shed(&table, now);
                         take(actions, &mut in_flight, &mut wakes, &mut sent, &mut deferred);
+                        // A lane that does not drain holds at most its share of the pending
+                        // budget, and nothing queued while its tenant holds more than its own.
+                        for (tenant, endpoint, _) in &s.endpoints {
+                            let Some(lane) = core.lanes.get(endpoint) else { continue };
+                            if !core.stuck(lane, tenant, now) {
+                                continue;
+                            }
+                            let keep = s.limits.endpoint_pending.saturating_sub(lane.in_flight as usize);
+                            prop_assert!(lane.queue.len() <= keep, "{} queued, share {}", lane.queue.len(), keep);
+                            if core.tenant_held(tenant, now) > s.limits.tenant_pending {
+                                prop_assert!(lane.queue.is_empty());
+                            }
+                        }
                     }
                 }
                 // The budgets hold.
@@ -692,9 +769,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_healthy_backlog_is_not_held_back_by_the_shares() {
-        let limits = Limits {
+    /// The budgets of the default configuration.
+    fn defaults() -> Limits {
+        Limits {
             max_in_flight: 1000,
             tenant_in_flight: 250,
             endpoint_in_flight: 100,
@@ -708,7 +785,12 @@ mod tests {
                 cooldown: Duration::from_secs(30),
                 max_cooldown: Duration::from_secs(600),
             },
-        };
+        }
+    }
+
+    #[test]
+    fn a_healthy_backlog_is_not_held_back_by_the_shares() {
+        let limits = defaults();
         let tenant = TenantId::new();
         let endpoints: Vec<EndpointId> = (0..100).map(|_| EndpointId::new()).collect();
         let table = Table(
@@ -764,21 +846,7 @@ mod tests {
 
     #[test]
     fn a_stuck_endpoint_holds_only_its_share() {
-        let limits = Limits {
-            max_in_flight: 1000,
-            tenant_in_flight: 250,
-            endpoint_in_flight: 100,
-            tenant_pending: 2500,
-            endpoint_pending: 1000,
-            endpoint_queue: 10_000,
-            max_queue_wait: Duration::from_secs(5),
-            max_pause: Duration::from_secs(36_000),
-            breaker: Breaker {
-                threshold: 10,
-                cooldown: Duration::from_secs(30),
-                max_cooldown: Duration::from_secs(600),
-            },
-        };
+        let limits = defaults();
         let (attacker, victim) = (TenantId::new(), TenantId::new());
         let (stuck, healthy) = (EndpointId::new(), EndpointId::new());
         let table = Table(HashMap::from([
@@ -833,6 +901,95 @@ mod tests {
         let now = later;
         // The victim still gets slots at once.
         let actions = core.admit(Job::for_endpoint(victim, healthy, 1), &table, now);
+        assert!(
+            matches!(actions.as_slice(), [Action::Send(_)]),
+            "{actions:?}"
+        );
+    }
+
+    /// The reviewer's attack: a tenant's endpoints that never answer take every slot its
+    /// share allows; a flood for another endpoint of the same tenant must not pile up behind
+    /// them (it would fill `max_pending` and stop reading for everyone).
+    #[test]
+    fn a_stalled_tenant_does_not_queue_behind_its_own_slots() {
+        let limits = defaults();
+        let (attacker, victim) = (TenantId::new(), TenantId::new());
+        let hangs: Vec<EndpointId> = (0..8).map(|_| EndpointId::new()).collect();
+        let (flooded, healthy) = (EndpointId::new(), EndpointId::new());
+        let mut table: HashMap<EndpointId, EndpointLimits> = hangs
+            .iter()
+            .map(|e| {
+                (
+                    *e,
+                    EndpointLimits {
+                        max_in_flight: 1000,
+                        rate: None,
+                    },
+                )
+            })
+            .collect();
+        for e in [flooded, healthy] {
+            table.insert(
+                e,
+                EndpointLimits {
+                    max_in_flight: 100,
+                    rate: None,
+                },
+            );
+        }
+        let table = Table(table);
+        let mut core = Core::new(limits.clone());
+        let start = Instant::now();
+        // The flooded endpoint has answered before: its pace is known (fast).
+        for a in core.admit(Job::for_endpoint(attacker, flooded, 0), &table, start) {
+            if let Action::Send(job) = a {
+                core.sent(
+                    flooded,
+                    attacker,
+                    Signal::Success,
+                    job.sent_at,
+                    Duration::from_millis(1),
+                    &table,
+                    start,
+                );
+            }
+        }
+        let mut sends = 0;
+        for e in &hangs {
+            for _ in 0..100 {
+                let actions = core.admit(Job::for_endpoint(attacker, *e, 0), &table, start);
+                sends += actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Send(_)))
+                    .count();
+            }
+        }
+        assert_eq!(sends, 750, "its share and the spare slots");
+        // None of them answers; a flood for the tenant's healthy endpoint arrives later.
+        let later = start + SUSPECT_AFTER * 2;
+        let mut deferred = 0;
+        for _ in 0..20_000 {
+            for a in core.admit(Job::for_endpoint(attacker, flooded, 0), &table, later) {
+                if let Action::Defer { why, .. } = a {
+                    assert_eq!(why, Deferral::Overflow);
+                    deferred += 1;
+                }
+            }
+        }
+        deferred += core.shed(&table, later).len();
+        let flood = core.lanes[&flooded].queue.len();
+        assert!(
+            flood <= limits.endpoint_pending,
+            "{flood} queued behind slots that do not come back"
+        );
+        assert_eq!(deferred + flood, 20_000);
+        let (in_flight, queued, _) = core.tenant_usage(&attacker);
+        assert!(
+            in_flight + queued <= limits.tenant_pending,
+            "{in_flight} + {queued}"
+        );
+        // Another tenant still gets a slot at once.
+        let actions = core.admit(Job::for_endpoint(victim, healthy, 1), &table, later);
         assert!(
             matches!(actions.as_slice(), [Action::Send(_)]),
             "{actions:?}"

@@ -249,14 +249,21 @@ pub async fn guarded(deps: Arc<Deps>, job: Job, tx: mpsc::Sender<Event>, work: W
 /// does not keep its records circling forever.
 async fn defer(deps: &Deps, job: &Job, why: Deferral, wanted: Duration, report: &Report) {
     let r = &job.record;
-    let started = r.replay.as_ref().map_or(r.occurred_at, |x| x.replayed_at);
+    // The horizon counts from the first deferral, a platform stamp carried on the record
+    // (a replay starts a fresh record, so a fresh clock). Never from the producer's
+    // `occurred_at`: a date in year 1 would dead-letter at the first deferral, one in 9999
+    // would circle for ever. A stamp in the future (a clock step) counts as now.
+    let now = Utc::now();
+    let since = r.deferred_since.map_or(now, |t| t.min(now));
     let o = &deps.outcomes;
-    let result = if Utc::now() - started > deps.horizon {
+    let result = if now - since > deps.horizon {
         let error = format!("deferred past the retry horizon ({})", why.as_str());
         o.dead_letter_unattempted(job, DeadLetterReason::Exhausted, why.class(), Some(error))
             .await
     } else {
-        match o.to_tier(job, DeliveryRecord::clone(r), wanted).await {
+        let mut next = DeliveryRecord::clone(r);
+        next.deferred_since = Some(since);
+        match o.to_tier(job, next, wanted).await {
             Ok(()) => {
                 o.metrics
                     .retries
@@ -325,16 +332,20 @@ async fn deliver(deps: &Deps, job: &Job, report: &Report) {
     .await;
 }
 
-/// The endpoint from the cache or PostgreSQL, retried while the database is away; `None` at
+/// Runs `op` until it succeeds, retrying with backoff: the endpoint reads and updates of a job
+/// carry nothing from outside, so every error they meet is the database being away. `None` at
 /// shutdown.
-async fn load(deps: &Deps, id: &EndpointId) -> Option<Option<Arc<Endpoint>>> {
+async fn retrying<T, E, F, Fut>(deps: &Deps, what: &str, mut op: F) -> Option<T>
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut backoff = Duration::from_millis(100);
     loop {
-        match deps.endpoints.get_or_load(&deps.pool, id).await {
-            Ok(e) => return Some(e),
-            Err(e) => {
-                tracing::warn!(error = %shared::error_chain(&e), "loading the endpoint failed; retrying");
-            }
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %shared::error_chain(&e), "{what} failed; retrying"),
         }
         tokio::select! {
             _ = deps.outcomes.shutdown.cancelled() => return None,
@@ -342,6 +353,14 @@ async fn load(deps: &Deps, id: &EndpointId) -> Option<Option<Arc<Endpoint>>> {
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The endpoint from the cache or PostgreSQL; `None` at shutdown.
+async fn load(deps: &Deps, id: &EndpointId) -> Option<Option<Arc<Endpoint>>> {
+    retrying(deps, "loading the endpoint", || {
+        deps.endpoints.get_or_load(&deps.pool, id)
+    })
+    .await
 }
 
 /// The pause a 429 or 503 asked for with `Retry-After`.
@@ -524,25 +543,14 @@ async fn settle(
     true
 }
 
-/// Disables an endpoint that answered 410, retried while the database is away.
+/// Disables an endpoint that answered 410; false at shutdown.
 async fn disable(deps: &Deps, endpoint: &Endpoint, reason: &str) -> bool {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match deps
-            .endpoints
-            .disable(&deps.pool, &endpoint.id, reason)
-            .await
-        {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %shared::error_chain(&e), "disabling the endpoint failed; retrying");
-            }
-        }
-        tokio::select! {
-            _ = deps.outcomes.shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    let disabled = retrying(deps, "disabling the endpoint", || {
+        deps.endpoints.disable(&deps.pool, &endpoint.id, reason)
+    })
+    .await;
+    if disabled.is_none() {
+        return false;
     }
     deps.outcomes.metrics.disabled.inc();
     tracing::warn!("endpoint answered 410 Gone; disabled");

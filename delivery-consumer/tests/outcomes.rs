@@ -360,3 +360,84 @@ async fn ssrf_targets_are_refused() -> anyhow::Result<()> {
     );
     world.stop().await
 }
+
+/// The retry horizon counts from the platform's first deferral, not from the producer's
+/// `occurred_at`: a date in year 1 must not dead-letter a record at its first deferral, and
+/// one in 9999 must not keep a record circling behind an open circuit for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_horizon_ignores_the_producers_clock() -> anyhow::Result<()> {
+    use chrono::TimeZone as _;
+    let mut world = World::new(|c| {
+        // Horizon: twice the schedule, 6 s.
+        c.retry.schedule = vec![Duration::from_secs(1), Duration::from_secs(2)];
+        c.delivery.endpoint_queue = 3;
+        c.delivery.circuit_failure_threshold = 1;
+        c.delivery.circuit_cooldown = Duration::from_secs(120);
+    })
+    .await?;
+    world.start(true).await?;
+    let receiver = Receiver::start().await?;
+    receiver.behave(|path, _| {
+        if path == "down" {
+            Reply::status(503)
+        } else {
+            Reply::ok().after(Duration::from_millis(200))
+        }
+    });
+    let (ancient, future) = (
+        chrono::Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap(),
+        chrono::Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0).unwrap(),
+    );
+    // Year 1, on a lane too narrow for them: deferred (overflow), then delivered.
+    let narrow_tenant = world.tenant().await?;
+    let mut spec = EndpointSpec::new(receiver.url("narrow"));
+    spec.max_in_flight = 1;
+    let (narrow, _) = world.endpoint(&narrow_tenant, spec).await?;
+    let mut old = Vec::new();
+    for n in 0..12 {
+        old.push(world.publish_at(&narrow_tenant, n, ancient).await?);
+    }
+    // Year 9999, behind a circuit opened by one failure for 120 s: dead-lettered once the
+    // horizon has passed since its first deferral.
+    let down_tenant = world.tenant().await?;
+    let (down, _) = world
+        .endpoint(&down_tenant, EndpointSpec::new(receiver.url("down")))
+        .await?;
+    world.publish(&down_tenant, 0).await?;
+    receiver
+        .wait_for("down", 1, Duration::from_secs(30))
+        .await?;
+    let late = world.publish_at(&down_tenant, 1, future).await?;
+    let deferred_from = Instant::now();
+    world
+        .wait_status(&late, &down, "dead_lettered", Duration::from_secs(30))
+        .await?;
+    assert!(
+        deferred_from.elapsed() >= Duration::from_secs(6),
+        "dead-lettered {:?} after its first deferral, before the horizon",
+        deferred_from.elapsed()
+    );
+    let row = world
+        .db
+        .query_one(
+            "SELECT dead_letter_reason, attempts FROM deliveries WHERE id = $1",
+            &[&DeliveryId::derive(&late, &down)],
+        )
+        .await?;
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("exhausted")
+    );
+    assert_eq!(
+        row.get::<_, i32>(1),
+        0,
+        "never attempted: the circuit is open"
+    );
+    for event in &old {
+        world
+            .wait_status(event, &narrow, "delivered", Duration::from_secs(60))
+            .await?;
+    }
+    assert_eq!(receiver.requests("narrow").len(), 12);
+    world.stop().await
+}

@@ -39,7 +39,13 @@ impl Suite {
     /// An attacker endpoint at receiver path `path`, subscribed to `pattern`, with `extra`
     /// settings; returns its id.
     async fn endpoint(&self, path: &str, pattern: &str, extra: Value) -> anyhow::Result<String> {
-        let mut body = json!({"url": self.url(path)});
+        self.endpoint_at(&self.url(path), pattern, extra).await
+    }
+
+    /// An attacker endpoint at any `url`, subscribed to `pattern`, with `extra` settings.
+    async fn endpoint_at(&self, url: &str, pattern: &str, extra: Value) -> anyhow::Result<String> {
+        let path = url;
+        let mut body = json!({"url": url});
         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
             b.extend(e.clone());
         }
@@ -671,25 +677,7 @@ async fn ssrf_targets(s: &Suite) -> anyhow::Result<()> {
         "http://[::1]:9/x",
         "http://0.0.0.0:9/",
     ] {
-        let (st, v) = status_of(
-            &s.p,
-            Method::POST,
-            &format!("/v1/tenants/{}/endpoints", s.attacker),
-            &s.token,
-            Some(json!({"url": url})),
-        )
-        .await?;
-        anyhow::ensure!(st == 201, "{url}: {st} {v}");
-        let id = v["id"].as_str().unwrap_or_default();
-        let (st, b) = status_of(
-            &s.p,
-            Method::POST,
-            &format!("/v1/tenants/{}/subscriptions", s.attacker),
-            &s.token,
-            Some(json!({"endpoint_id": id, "event_type": "ssrf.x"})),
-        )
-        .await?;
-        anyhow::ensure!(st == 201, "{st} {b}");
+        s.endpoint_at(url, "ssrf.x", json!({})).await?;
     }
     let (st, v) = s
         .publish_raw(r#"{"event_type":"ssrf.x","payload":{}}"#)

@@ -73,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
                 attempt: 2,
                 attempts: Vec::new(),
                 replay: None,
+                deferred_since: None,
             },
         };
         let value = serde_json::to_vec(&record)?;

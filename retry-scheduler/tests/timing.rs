@@ -71,6 +71,7 @@ impl Setup {
             attempt: 2,
             attempts: Vec::new(),
             replay: None,
+            deferred_since: None,
         };
         let record = RetryRecord {
             schema_version: SchemaVersion::CURRENT,

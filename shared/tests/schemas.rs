@@ -133,6 +133,7 @@ fn full_delivery() -> DeliveryRecord {
             requested_by: "ops@example.com".into(),
             replayed_at: at,
         }),
+        deferred_since: Some(at),
     }
 }
 
@@ -232,6 +233,7 @@ fn delivery_and_retry_records_agree_with_their_schemas() {
         attempt: 1,
         attempts: vec![],
         replay: None,
+        deferred_since: None,
         ..full_delivery()
     };
     assert_valid(&v, &serde_json::to_value(&first).expect("serialise"));

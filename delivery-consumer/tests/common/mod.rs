@@ -368,13 +368,23 @@ impl World {
 
     /// Publishes an event with payload `{"n": n}` straight to `events`; returns its id.
     pub async fn publish(&self, tenant: &TenantId, n: usize) -> anyhow::Result<EventId> {
+        self.publish_at(tenant, n, Utc::now()).await
+    }
+
+    /// [`Self::publish`] with the producer's `occurred_at`.
+    pub async fn publish_at(
+        &self,
+        tenant: &TenantId,
+        n: usize,
+        occurred_at: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<EventId> {
         let envelope = EventEnvelope {
             schema_version: SchemaVersion::CURRENT,
             event_id: EventId::new(),
             tenant_id: *tenant,
             event_type: "order.created".parse()?,
             payload: shared::payload::Payload::from_value(&json!({"n": n})),
-            occurred_at: Utc::now(),
+            occurred_at,
             idempotency_key: None,
             ordering_key: None,
         };

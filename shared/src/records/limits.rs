@@ -131,6 +131,7 @@ fn worst_envelope(schedule_len: usize) -> usize {
             requested_by: escaped(REQUESTED_BY_MAX),
             replayed_at: latest,
         }),
+        deferred_since: Some(latest),
     };
     let source = SourcePosition {
         // Kafka's longest topic name.

@@ -171,6 +171,12 @@ pub struct DeliveryRecord {
     pub attempts: Vec<AttemptSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayInfo>,
+    /// When the delivery consumer first deferred this delivery without an attempt (its lane
+    /// full, paused or open). Stamped by the platform, never by a producer: the retry horizon
+    /// counts from here, so a producer's `occurred_at` can neither dead-letter a delivery at
+    /// its first deferral nor keep one circling for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred_since: Option<DateTime<Utc>>,
 }
 
 /// The event a delivery carries: what every producer of `deliveries` starts from.
@@ -215,6 +221,7 @@ impl DeliveryRecord {
             attempt: 1,
             attempts: Vec::new(),
             replay,
+            deferred_since: None,
         }
     }
 }
