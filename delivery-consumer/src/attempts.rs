@@ -132,8 +132,8 @@ async fn run(
         loop {
             match write_isolating(&pool, &rows, &settings.skipped).await {
                 Ok(()) => break,
-                Err(e) => {
-                    hb.ran();
+                Err((e, dependency)) => {
+                    hb.retrying(dependency);
                     tracing::error!(error = %e, rows = rows.len(), "recording attempts failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -148,15 +148,15 @@ async fn run(
 }
 
 /// Writes `rows`, isolating any row the database refuses (module docs); returns only transient
-/// errors.
+/// errors, with whether the database itself failed.
 async fn write_isolating(
     pool: &Pool,
     rows: &[Row],
     skipped: &prometheus_client::metrics::counter::Counter,
-) -> Result<(), String> {
+) -> Result<(), (String, bool)> {
     match write(pool, rows).await {
         Ok(()) => Ok(()),
-        Err(Failed::Transient(e)) => Err(e),
+        Err(Failed::Transient(e, dependency)) => Err((e, dependency)),
         Err(Failed::Permanent(e)) => {
             if let [row] = rows {
                 let stripped = Row {
@@ -170,7 +170,7 @@ async fn write_isolating(
                             "attempt row refused; stored without its error and response texts");
                         Ok(())
                     }
-                    Err(Failed::Transient(t)) => Err(t),
+                    Err(Failed::Transient(t, dependency)) => Err((t, dependency)),
                     Err(Failed::Permanent(again)) => {
                         skipped.inc();
                         tracing::error!(delivery_id = %row.delivery_id, error = %again,
@@ -188,7 +188,8 @@ async fn write_isolating(
 }
 
 enum Failed {
-    Transient(String),
+    /// With whether the database itself failed (shared::db::unavailable), for liveness.
+    Transient(String, bool),
     Permanent(String),
 }
 
@@ -223,10 +224,9 @@ FROM input i
 WHERE d.id = i.delivery_id AND (d.status <> 'delivered' OR i.status = 'delivered')";
 
 async fn write(pool: &Pool, rows: &[Row]) -> Result<(), Failed> {
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| Failed::Transient(shared::error_chain(&e)))?;
+    let client = pool.get().await.map_err(|e| {
+        Failed::Transient(shared::error_chain(&e), shared::db::pool_unavailable(&e))
+    })?;
     let rows = rows.iter();
     let ids: Vec<DeliveryId> = rows.clone().map(|r| r.delivery_id).collect();
     let tenants: Vec<TenantId> = rows.clone().map(|r| r.tenant_id).collect();
@@ -280,7 +280,7 @@ async fn write(pool: &Pool, rows: &[Row]) -> Result<(), Failed> {
             if shared::db::permanent(&e) {
                 Failed::Permanent(shared::error_chain(&e))
             } else {
-                Failed::Transient(shared::error_chain(&e))
+                Failed::Transient(shared::error_chain(&e), shared::db::unavailable(&e))
             }
         })?;
     Ok(())

@@ -9,10 +9,10 @@
 //! the only duplicates are records with identical ids. The same holds when the caller re-runs
 //! parts of a batch to isolate a record the database refused (consume.rs).
 //!
-//! **Event ids belong to a tenant.** A direct producer chooses its event ids. One that reuses
-//! an id another tenant's event already has would otherwise attach its deliveries to that
-//! event; so after inserting, the batch asks which of its (event id, tenant) pairs the table
-//! holds under another tenant, and sends those envelopes to `events.invalid` instead.
+//! **Event ids belong to a tenant.** A direct producer chooses its event ids, and two tenants
+//! may choose the same one: `events` is keyed by (id, tenant) (migration 0005), so each is its
+//! own event with its own deliveries (delivery ids derive from event and endpoint, and an
+//! endpoint has one tenant). Everything here that tells events apart uses the pair.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -37,10 +37,17 @@ use crate::metrics::Metrics;
 
 /// Header on `events.invalid` records repeating the reason.
 pub const INVALID_REASON_HEADER: &str = "harborhook-invalid-reason";
-/// Longest reason kept on an invalid record.
+/// Longest reason kept on an invalid record, in bytes.
 const REASON_MAX: usize = 1024;
-/// Room an invalid record needs besides the original value (reason, key, source, framing).
-const INVALID_OVERHEAD: usize = 8 * 1024;
+/// Most of the original key kept (as the record's key and in `key_base64`), in bytes: a key
+/// may be as large as the broker allows, and the quarantine record must still fit.
+const KEY_KEPT: usize = 1024;
+/// Room an invalid record needs besides the original value, at worst: the reason JSON-escaped
+/// (a control character becomes six bytes) and again in the header, the key raw and in base64,
+/// and 2 KiB for the source position (a topic name is at most 249 bytes), the field names,
+/// the timestamp and Kafka's framing.
+const INVALID_OVERHEAD: usize =
+    REASON_MAX * 6 + REASON_MAX + KEY_KEPT + KEY_KEPT.div_ceil(3) * 4 + 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -68,6 +75,17 @@ impl BatchError {
             Self::Pool(_) => false,
         }
     }
+
+    /// Whether the database or the broker failed the batch (away, overloaded, no leader), as
+    /// opposed to something about the batch or a bug: liveness waits it out (shared::liveness).
+    pub fn dependency(&self) -> bool {
+        match self {
+            Self::Db(e) => shared::db::unavailable(e),
+            Self::Pool(e) => shared::db::pool_unavailable(e),
+            Self::Produce { source, .. } => !shared::kafka::permanent(source),
+            Self::Encode(_) => false,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -85,6 +103,13 @@ pub struct Fanout {
 struct Valid<'a> {
     envelope: EventEnvelope,
     message: &'a OwnedMessage,
+}
+
+impl Valid<'_> {
+    /// What tells this event apart from every other: its id is the tenant's choice.
+    fn key(&self) -> (TenantId, EventId) {
+        (self.envelope.tenant_id, self.envelope.event_id)
+    }
 }
 
 struct Invalid<'a> {
@@ -111,10 +136,9 @@ fn parse(m: &OwnedMessage, limits: &RecordLimits) -> Result<EventEnvelope, Strin
 
 /// What `persist` found out about the batch.
 struct Persisted {
-    /// Events whose (tenant, idempotency key) already belongs to an earlier event.
-    duplicates: HashSet<EventId>,
-    /// (event id, tenant) pairs whose id another tenant's event already has.
-    foreign: HashSet<(EventId, TenantId)>,
+    /// Events, as (tenant, event id), whose (tenant, idempotency key) already belongs to an
+    /// earlier event.
+    duplicates: HashSet<(TenantId, EventId)>,
 }
 
 impl Fanout {
@@ -134,26 +158,10 @@ impl Fanout {
         self.check_tenants(&mut valid, &mut invalid).await?;
         // One view of the subscriptions for the whole batch: what is recorded is what is sent.
         let snapshot = self.cache.snapshot();
-        let Persisted {
-            duplicates,
-            foreign,
-        } = self.persist(&valid, &snapshot).await?;
-        let (foreign_events, valid): (Vec<_>, Vec<_>) = valid
-            .into_iter()
-            .partition(|v| foreign.contains(&(v.envelope.event_id, v.envelope.tenant_id)));
-        invalid.extend(foreign_events.into_iter().map(|v| Invalid {
-            reason: format!(
-                "event_id {} is already the id of another tenant's event",
-                v.envelope.event_id
-            ),
-            message: v.message,
-        }));
+        let Persisted { duplicates } = self.persist(&valid, &snapshot).await?;
 
         let mut sends = Vec::new();
-        for v in valid
-            .iter()
-            .filter(|v| !duplicates.contains(&v.envelope.event_id))
-        {
+        for v in valid.iter().filter(|v| !duplicates.contains(&v.key())) {
             let e = &v.envelope;
             let targets = snapshot.targets(&e.tenant_id, &e.event_type);
             let outcome = if targets.is_empty() {
@@ -229,7 +237,8 @@ impl Fanout {
             reason: reason.to_owned(),
             received_at: Utc::now(),
             source: source(m),
-            key_base64: m.key().map(|k| BASE64.encode(k)),
+            key_base64: m.key().map(|k| BASE64.encode(&k[..k.len().min(KEY_KEPT)])),
+            key_truncated: m.key().is_some_and(|k| k.len() > KEY_KEPT),
             value_base64: BASE64.encode(kept),
             value_truncated: kept.len() < value.len(),
             value_bytes: value.len(),
@@ -246,9 +255,8 @@ impl Fanout {
         });
         let topic = self.catalog.events_invalid();
         let mut out = FutureRecord::to(topic).payload(&value).headers(headers);
-        let key = m.key().filter(|k| k.len() <= 1024);
-        if let Some(key) = key {
-            out = out.key(key);
+        if let Some(key) = m.key() {
+            out = out.key(&key[..key.len().min(KEY_KEPT)]);
         }
         self.send(out, topic).await
     }
@@ -318,40 +326,20 @@ impl Fanout {
         let duplicates = self.record_keys(&tx, valid).await?;
 
         let mut ev = EventColumns::default();
-        for v in valid
-            .iter()
-            .filter(|v| !duplicates.contains(&v.envelope.event_id))
-        {
+        for v in valid.iter().filter(|v| !duplicates.contains(&v.key())) {
             ev.push(&v.envelope);
         }
-        let mut foreign = HashSet::new();
         if !ev.ids.is_empty() {
-            let inserted = tx
-                .query(
-                    "INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at)
-                     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-                     ON CONFLICT (id) DO NOTHING RETURNING id",
-                    &[&ev.ids, &ev.tenants, &ev.types, &ev.payloads, &ev.idempotency, &ev.ordering, &ev.created],
-                )
-                .await?;
-            // Ids that were there already: a re-run (same tenant) or another tenant's event.
-            if inserted.len() < ev.ids.len() {
-                let rows = tx
-                    .query(
-                        "SELECT x.id, x.t FROM UNNEST($1::uuid[], $2::uuid[]) AS x(id, t)
-                         JOIN events e ON e.id = x.id WHERE e.tenant_id <> x.t",
-                        &[&ev.ids, &ev.tenants],
-                    )
-                    .await?;
-                foreign = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-                self.release_keys(&tx, valid, &foreign).await?;
-            }
+            tx.execute(
+                "INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+                 ON CONFLICT (id, tenant_id) DO NOTHING",
+                &[&ev.ids, &ev.tenants, &ev.types, &ev.payloads, &ev.idempotency, &ev.ordering, &ev.created],
+            )
+            .await?;
         }
         let mut dl = DeliveryColumns::default();
-        for v in valid.iter().filter(|v| {
-            let e = &v.envelope;
-            !duplicates.contains(&e.event_id) && !foreign.contains(&(e.event_id, e.tenant_id))
-        }) {
+        for v in valid.iter().filter(|v| !duplicates.contains(&v.key())) {
             let e = &v.envelope;
             for (endpoint, enabled) in snapshot.targets(&e.tenant_id, &e.event_type) {
                 dl.push(e, endpoint, enabled);
@@ -367,10 +355,7 @@ impl Fanout {
             .await?;
         }
         tx.commit().await?;
-        Ok(Persisted {
-            duplicates,
-            foreign,
-        })
+        Ok(Persisted { duplicates })
     }
 
     /// Idempotency keys of direct producers (the gateway's are already recorded with the same
@@ -380,7 +365,7 @@ impl Fanout {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         valid: &[Valid<'_>],
-    ) -> Result<HashSet<EventId>, BatchError> {
+    ) -> Result<HashSet<(TenantId, EventId)>, BatchError> {
         let mut seen = HashSet::new();
         let (mut k_tenants, mut k_keys, mut k_events) = (Vec::new(), Vec::new(), Vec::new());
         for v in valid {
@@ -426,40 +411,10 @@ impl Fanout {
                     .get(&(e.tenant_id, key.clone()))
                     .is_some_and(|first| *first != e.event_id)
             {
-                duplicates.insert(e.event_id);
+                duplicates.insert((e.tenant_id, e.event_id));
             }
         }
         Ok(duplicates)
-    }
-
-    /// Forgets the idempotency keys this batch recorded for envelopes that turned out to
-    /// reuse another tenant's event id, so the key does not point at a foreign event.
-    async fn release_keys(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        valid: &[Valid<'_>],
-        foreign: &HashSet<(EventId, TenantId)>,
-    ) -> Result<(), BatchError> {
-        let (mut tenants, mut keys, mut events) = (Vec::new(), Vec::new(), Vec::new());
-        for v in valid {
-            let e = &v.envelope;
-            if let Some(key) = &e.idempotency_key
-                && foreign.contains(&(e.event_id, e.tenant_id))
-            {
-                tenants.push(e.tenant_id);
-                keys.push(key.as_str());
-                events.push(e.event_id);
-            }
-        }
-        if !keys.is_empty() {
-            tx.execute(
-                "DELETE FROM idempotency_keys i USING UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS x(t, k, e)
-                 WHERE i.tenant_id = x.t AND i.key = x.k AND i.event_id = x.e AND i.request_hash = 'direct'",
-                &[&tenants, &keys, &events],
-            )
-            .await?;
-        }
-        Ok(())
     }
 }
 

@@ -121,7 +121,7 @@ pub async fn run(
             match handle_isolating(&fanout, &batch).await {
                 Ok(()) => break,
                 Err(e) => {
-                    heartbeat.ran();
+                    heartbeat.retrying(e.dependency());
                     tracing::error!(error = %shared::error_chain(&e), records = batch.len(), "batch failed; retrying");
                     tokio::select! {
                         // Not stored: the batch is handled again after the restart.

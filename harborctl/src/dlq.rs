@@ -302,7 +302,7 @@ pub async fn replay(
                 &format!(
                     "UPDATE deliveries d SET status = 'pending', updated_at = now()
                      FROM events e
-                     WHERE d.id = ANY($1) AND e.id = d.event_id AND ({})
+                     WHERE d.id = ANY($1) AND e.id = d.event_id AND e.tenant_id = d.tenant_id AND ({})
                      RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.event_type, e.payload, e.created_at",
                     if opts.force { "true" } else { "d.status = 'dead_lettered'" }
                 ),

@@ -75,6 +75,15 @@ pub async fn start_replay(
             "pass --reason '…' (it is recorded)",
         ));
     }
+    // The same rules as the API's replay: what is recorded is what the records carry, and a
+    // record has room for this much (shared::records::limits).
+    use shared::records::{REASON_MAX, REQUESTED_BY_MAX};
+    use shared::text::{Lines, check};
+    check(reason, REASON_MAX, Lines::Multi).map_err(|e| {
+        CliError::usage(format!("--reason: {e}"), "a sentence or two of plain text")
+    })?;
+    check(by, REQUESTED_BY_MAX, Lines::Single)
+        .map_err(|e| CliError::usage(format!("--by: {e}"), "a name, on one line"))?;
     let id = Uuid::now_v7();
     client
         .execute(
@@ -311,7 +320,7 @@ pub async fn events(config: &Config, json_out: bool, r: EventsReplay) -> Result<
         client
             .execute(
                 "INSERT INTO events (id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id, tenant_id) DO NOTHING",
                 &[
                     &e.event_id, &e.tenant_id, &e.event_type.as_str(), &e.payload.as_str(),
                     &e.idempotency_key, &e.ordering_key, &e.occurred_at,

@@ -239,6 +239,11 @@ async fn absurd_rate_limit(s: &Suite) -> anyhow::Result<()> {
     s.receiver
         .wait_for("slowrate", Duration::from_secs(10), |_| true)
         .await?;
+    // Served at the slowest rate the dispatcher holds (one per hour): the first of the three
+    // now, the others not for a long time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = s.receiver.bodies("slowrate").len();
+    anyhow::ensure!(sent == 1, "{sent} of 3 sent at 1e-20/s within 3 s");
     anyhow::ensure!(
         api_status == 422,
         "API accepted 1e-20/s: {api_status} {api_body}"
@@ -283,7 +288,40 @@ async fn payloads_at_the_size_limit(s: &Suite) -> anyhow::Result<()> {
         s.receiver.bodies("big").len() >= 3,
         "retried through both tiers"
     );
-    Ok(())
+    // Every record it became was taken by the broker: none refused on the way.
+    let (_, metrics) = s.p.ops_get(2, "/metrics").await?;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("harborhook_outcome_records_refused_total") && !l.ends_with(" 0"))
+        .collect();
+    anyhow::ensure!(refused.is_empty(), "outcome records refused: {refused:?}");
+    // A replay with the longest reason (1000 emoji, 4 bytes each) still fits, and is sent.
+    let (_, page) = status_of(
+        &s.p,
+        Method::GET,
+        &format!("/v1/events/{event}/deliveries"),
+        &s.token,
+        None,
+    )
+    .await?;
+    let delivery = page["data"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let before = s.receiver.bodies("big").len();
+    let (st, v) = status_of(
+        &s.p,
+        Method::POST,
+        &format!("/v1/deliveries/{delivery}:replay"),
+        &s.token,
+        Some(json!({"reason": "\u{1F600}".repeat(1000)})),
+    )
+    .await?;
+    anyhow::ensure!(st == 202, "replay with the longest reason: {st} {v}");
+    s.eventually(10, "the replay is sent", || async {
+        Ok(s.receiver.bodies("big").len() > before)
+    })
+    .await
 }
 
 /// Direct-producer envelopes the pipeline cannot store or deliver: each lands on
@@ -307,7 +345,14 @@ async fn bad_direct_producer_envelopes(s: &Suite) -> anyhow::Result<()> {
         )
         .into_bytes()
     };
+    // A Kafka key as large as the broker takes: the quarantine record keeps its first KiB.
+    let huge_key = format!("attack-huge-key{}", "k".repeat(600_000));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            &huge_key,
+            envelope(json!({"tenant_id": TenantId::new()})),
+            "unknown tenant",
+        ),
         (
             "attack-empty-key",
             envelope(json!({"idempotency_key": ""})),
@@ -356,20 +401,36 @@ async fn bad_direct_producer_envelopes(s: &Suite) -> anyhow::Result<()> {
     }
     let reasons = s.invalid_reasons(cases.len()).await?;
     for (key, _, why) in &cases {
-        let reason = reasons
-            .get(*key)
-            .ok_or_else(|| anyhow::anyhow!("{key} not on events.invalid ({reasons:?})"))?;
+        let reason = reasons.get(&key[..key.len().min(1024)]).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} not on events.invalid ({:?})",
+                &key[..key.len().min(40)],
+                reasons.values()
+            )
+        })?;
         anyhow::ensure!(
             reason.contains(why),
-            "{key}: reason `{reason}` lacks `{why}`"
+            "{}: reason `{reason}` lacks `{why}`",
+            &key[..key.len().min(40)]
         );
     }
     Ok(())
 }
 
-/// A direct producer reusing another tenant's event id: refused to `events.invalid`, the
-/// victim's event keeps only its own delivery.
+/// Event ids are the tenant's: a direct producer reusing the victim's event id makes its own
+/// event, which touches nothing of the victim's (after), and an id the attacker used first
+/// does not stop the victim's event with that id (before, "squatting").
 async fn another_tenants_event_id(s: &Suite) -> anyhow::Result<()> {
+    let topic = s.p.world.env.catalog().events().to_owned();
+    let direct = |tenant: TenantId, id: &str, event_type: &str, payload: Value| {
+        serde_json::to_vec(
+            &json!({"schema_version": 1, "event_id": id, "tenant_id": tenant,
+            "event_type": event_type, "payload": payload, "occurred_at": chrono::Utc::now()}),
+        )
+    };
+    s.endpoint("thief", "theft.*", json!({})).await?;
+
+    // After: the victim's id, reused.
     let (st, v) = status_of(
         &s.p,
         Method::POST,
@@ -385,31 +446,75 @@ async fn another_tenants_event_id(s: &Suite) -> anyhow::Result<()> {
             b == br#"{"mine":true}"#
         })
         .await?;
-    s.endpoint("thief", "theft.*", json!({})).await?;
-    let envelope = json!({"schema_version": 1, "event_id": stolen, "tenant_id": s.attacker,
-        "event_type": "theft.x", "payload": {"stolen": true}, "occurred_at": chrono::Utc::now()});
-    let topic = s.p.world.env.catalog().events().to_owned();
-    s.produce(&topic, "attack-stolen-id", &serde_json::to_vec(&envelope)?)
+    let value = direct(s.attacker, &stolen, "theft.x", json!({"stolen": 1}))?;
+    s.produce(&topic, "attack-stolen-id", &value).await?;
+    s.receiver
+        .wait_for("thief", Duration::from_secs(10), |b| {
+            b == br#"{"stolen":1}"#
+        })
         .await?;
-    let reasons = s.invalid_reasons(11).await?;
-    let reason = reasons
-        .get("attack-stolen-id")
-        .ok_or_else(|| anyhow::anyhow!("not on events.invalid: {reasons:?}"))?;
-    anyhow::ensure!(reason.contains("another tenant"), "{reason}");
-    let (_, page) = status_of(
+
+    // Before: the attacker takes an id the victim's producer will use.
+    let squatted = EventId::new().to_string();
+    let value = direct(s.attacker, &squatted, "theft.x", json!({"stolen": 2}))?;
+    s.produce(&topic, "attack-squat", &value).await?;
+    s.receiver
+        .wait_for("thief", Duration::from_secs(10), |b| {
+            b == br#"{"stolen":2}"#
+        })
+        .await?;
+    let value = direct(
+        s.victim.tenant,
+        &squatted,
+        "victim.direct",
+        json!({"mine": 2}),
+    )?;
+    s.produce(&topic, "victim-direct", &value).await?;
+    s.receiver
+        .wait_for("victim", Duration::from_secs(10), |b| b == br#"{"mine":2}"#)
+        .await?;
+
+    // Each tenant sees its own event, with its own deliveries only.
+    for (id, token, tenant, payload) in [
+        (
+            &stolen,
+            &s.victim.token,
+            s.victim.tenant,
+            json!({"mine": true}),
+        ),
+        (&stolen, &s.token, s.attacker, json!({"stolen": 1})),
+        (
+            &squatted,
+            &s.victim.token,
+            s.victim.tenant,
+            json!({"mine": 2}),
+        ),
+        (&squatted, &s.token, s.attacker, json!({"stolen": 2})),
+    ] {
+        let (st, event) =
+            status_of(&s.p, Method::GET, &format!("/v1/events/{id}"), token, None).await?;
+        anyhow::ensure!(st == 200, "{tenant} GET {id}: {st} {event}");
+        anyhow::ensure!(event["payload"] == payload, "{tenant} sees {event}");
+        let deliveries = event["deliveries"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(
+            !deliveries.is_empty() && deliveries.iter().all(|d| d["tenant_id"] == json!(tenant)),
+            "{tenant}'s {id}: {deliveries:?}"
+        );
+        if tenant == s.victim.tenant {
+            anyhow::ensure!(deliveries.len() == 1, "the victim's {id}: {deliveries:?}");
+        }
+    }
+    // An operator asking by an id two tenants use is told so, not shown either.
+    let operator = s.p.token(None);
+    let (st, body) = status_of(
         &s.p,
         Method::GET,
-        &format!("/v1/events/{stolen}/deliveries"),
-        &s.victim.token,
+        &format!("/v1/events/{stolen}"),
+        &operator,
         None,
     )
     .await?;
-    let n = page["data"].as_array().map_or(0, Vec::len);
-    anyhow::ensure!(n == 1, "the victim's event has {n} deliveries: {page}");
-    anyhow::ensure!(
-        s.receiver.bodies("thief").is_empty(),
-        "the thief was sent something"
-    );
+    anyhow::ensure!(st == 409, "operator GET {stolen}: {st} {body}");
     Ok(())
 }
 
@@ -693,20 +798,27 @@ async fn ssrf_targets(s: &Suite) -> anyhow::Result<()> {
 
 /// Garbage on the internal topics (a misbehaving tool with write access): skipped, counted.
 async fn poison_on_internal_topics(s: &Suite) -> anyhow::Result<()> {
-    let catalog = s.p.world.env.catalog();
+    // The tiers the services run with (Platform: 1s, 2s), not the world's default schedule.
+    let mut config = s.p.world.env.config.clone();
+    config.retry.schedule = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    let catalog = shared::kafka::TopicCatalog::new(&config);
     s.produce(catalog.deliveries(), "poison", b"\x00not a delivery")
         .await?;
-    if let Some(tier) = catalog.retry_tiers().first() {
-        s.produce(&tier.topic, "poison", br#"{"schema_version":1}"#)
-            .await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, metrics) = s.p.ops_get(2, "/metrics").await?;
-    anyhow::ensure!(
-        metrics.contains("harborhook_delivery_malformed_total 1"),
-        "the malformed delivery record is counted"
-    );
-    Ok(())
+    let tier = catalog
+        .retry_tiers()
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no retry tier"))?;
+    s.produce(&tier.topic, "poison", br#"{"schema_version":1}"#)
+        .await?;
+    s.eventually(10, "the malformed records are counted", || async {
+        let (_, delivery) = s.p.ops_get(2, "/metrics").await?;
+        let (_, retry) = s.p.ops_get(3, "/metrics").await?;
+        Ok(delivery.contains("harborhook_delivery_malformed_total 1")
+            && retry.lines().any(|l| {
+                l.starts_with("harborhook_retry_malformed_total{tier=\"1s\"}") && l.ends_with(" 1")
+            }))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

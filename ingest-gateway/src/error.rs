@@ -133,12 +133,6 @@ impl From<shared::db::DbError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        if e.is_closed() {
-            return Self::Unavailable {
-                message: "the database is unavailable".into(),
-                retry_after_secs: 1,
-            };
-        }
         // A value the database refused (a data exception, a constraint): the handlers check
         // values before they get here, so this is the net behind them. It is the request's
         // fault, not ours: 422 naming what was refused, never a 500 (and logged, since a check
@@ -152,13 +146,10 @@ impl From<tokio_postgres::Error> for ApiError {
                 details: vec![json!({"sqlstate": db.code().code()})],
             };
         }
-        if matches!(
-            e.as_db_error().map(|d| d.code().code()),
-            Some("57014" | "40001" | "40P01" | "55P03")
-        ) {
-            // Statement timeout, serialization failure, deadlock, lock not available.
+        // Away, restarting, overloaded or a lost race (shared::db::unavailable): retry.
+        if shared::db::unavailable(&e) {
             return Self::Unavailable {
-                message: "the database is busy; retry".into(),
+                message: "the database is unavailable or busy; retry".into(),
                 retry_after_secs: 1,
             };
         }

@@ -100,13 +100,14 @@ fn validate(
             check_key(key).map_err(|e| ApiError::invalid(field, e))?;
         }
     }
-    // What makes two requests "the same" for idempotency: type, payload (as a value: a retry
-    // that spaces or orders its JSON differently is the same request) and ordering key.
+    // What makes two requests "the same" for idempotency: type, payload (spacing and key order
+    // aside, so a retry that re-encodes the same object matches; numbers and strings as
+    // written, so no two different payloads ever match) and ordering key.
     let hash = if idempotency_key.is_some() {
         let mut hasher = Sha256::new();
         hasher.update(event_type.as_str().as_bytes());
         hasher.update([0]);
-        hasher.update(serde_json::to_vec(&payload.to_map()).unwrap_or_default());
+        hasher.update(payload.canonical());
         hasher.update([0]);
         hasher.update(req.ordering_key.as_deref().unwrap_or("").as_bytes());
         hasher

@@ -170,6 +170,45 @@ async fn concurrent_duplicates_yield_one_event() -> anyhow::Result<()> {
     app.stop().await
 }
 
+/// Idempotency compares payloads by their text with spacing and key order aside: a retry
+/// that re-encodes the object is a duplicate; payloads that differ only in digits a double
+/// cannot hold are different requests (they once compared equal as doubles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_compares_payloads_as_written() -> anyhow::Result<()> {
+    let app = App::spawn().await?;
+    let tenant = app.create_tenant().await?;
+    let token = app.tenant_token(&tenant);
+    let path = format!("/v1/tenants/{tenant}/events:publish");
+    let send = |payload: &'static str| {
+        let req = app
+            .http
+            .post(app.url(&path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"event_type":"a.b","idempotency_key":"big","payload":{payload}}}"#
+            ));
+        async move {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            anyhow::Ok((status, resp.json::<Value>().await?))
+        }
+    };
+    let (status, first) = send(r#"{"n":123456789012345678901234567890,"m":{"b":1,"a":2}}"#).await?;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) =
+        send(r#"{ "m": {"a": 2, "b": 1}, "n": 123456789012345678901234567890 }"#).await?;
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (202, &json!(true)),
+        "{again}"
+    );
+    assert_eq!(again["event_id"], first["event_id"]);
+    let (status, other) = send(r#"{"n":123456789012345678901234567891,"m":{"b":1,"a":2}}"#).await?;
+    assert_eq!(status, 422, "another payload under the same key: {other}");
+    app.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_keys_start_a_new_event() -> anyhow::Result<()> {
     let app = App::spawn_with(|c| c.gateway.idempotency_window = Duration::from_secs(1)).await?;

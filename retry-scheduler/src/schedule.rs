@@ -229,7 +229,8 @@ impl Scheduler {
                 }
                 Err((e, _)) => tracing::warn!(error = %e, topic, "re-enqueue failed; retrying"),
             }
-            self.heartbeat.ran();
+            // Not permanent: the broker did not take it (away, no leader, timed out).
+            self.heartbeat.retrying(true);
             if shutdown.is_cancelled() {
                 return Sent::Shutdown;
             }
@@ -300,18 +301,23 @@ impl Scheduler {
                     )
                     .await
                     .map(|_| ())
-                    .map_err(|e| (shared::db::permanent(&e), shared::error_chain(&e))),
-                Err(e) => Err((false, shared::error_chain(&e))),
+                    .map_err(|e| {
+                        (shared::db::permanent(&e), shared::db::unavailable(&e), shared::error_chain(&e))
+                    }),
+                Err(e) => Err((false, shared::db::pool_unavailable(&e), shared::error_chain(&e))),
             };
-            match marked {
+            let dependency = match marked {
                 Ok(()) => return true,
-                Err((true, e)) => {
+                Err((true, _, e)) => {
                     tracing::error!(error = %e, "marking the row failed for good; skipped");
                     return true;
                 }
-                Err((false, e)) => tracing::warn!(error = %e, "marking the row failed; retrying"),
-            }
-            self.heartbeat.ran();
+                Err((false, dependency, e)) => {
+                    tracing::warn!(error = %e, "marking the row failed; retrying");
+                    dependency
+                }
+            };
+            self.heartbeat.retrying(dependency);
             if shutdown.is_cancelled() {
                 return false;
             }

@@ -539,10 +539,20 @@ impl Config {
         if k.message_timeout_ms < 1_000 {
             return Err(invalid("kafka.message_timeout_ms", "must be at least 1000"));
         }
-        if k.message_max_bytes > 1_000_000_000 {
+        if k.message_timeout_ms > MESSAGE_TIMEOUT_MAX_MS {
+            return Err(invalid(
+                "kafka.message_timeout_ms",
+                format!("at most {MESSAGE_TIMEOUT_MAX_MS} (15 minutes)"),
+            ));
+        }
+        // A consumer refuses a fetch response above its receive.message.max.bytes (100 MB by
+        // default): a record near that size would stall its partition for every reader.
+        if k.message_max_bytes > MESSAGE_MAX_BYTES_MAX {
             return Err(invalid(
                 "kafka.message_max_bytes",
-                "at most 1000000000 (librdkafka's limit)",
+                format!(
+                    "at most {MESSAGE_MAX_BYTES_MAX} (64 MiB; consumers must be able to fetch every record)"
+                ),
             ));
         }
         let limits = self.record_limits();
@@ -696,6 +706,13 @@ impl Config {
     }
 }
 
+/// The longest `kafka.message_timeout_ms` accepted.
+const MESSAGE_TIMEOUT_MAX_MS: u32 = 900_000;
+/// The largest `kafka.message_max_bytes` accepted.
+const MESSAGE_MAX_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// How much longer than the longest single wait `liveness.stall_timeout` must be.
+const STALL_MARGIN: Duration = Duration::from_secs(10);
+
 impl Config {
     /// The payload limit and record envelope this configuration implies (records/limits.rs).
     pub fn record_limits(&self) -> crate::records::RecordLimits {
@@ -772,6 +789,36 @@ impl Config {
         }
         if self.liveness.stall_timeout < Duration::from_secs(5) {
             return Err(invalid("liveness.stall_timeout", "must be at least 5s"));
+        }
+        // A zero interval would panic the timer of the loop that reloads.
+        for (key, value) in [
+            ("fanout.cache_reload_interval", f.cache_reload_interval),
+            ("delivery.cache_reload_interval", d.cache_reload_interval),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err(invalid(key, "must be at least 1s"));
+            }
+        }
+        // One iteration of a loop may wait this long for one produce or statement without a
+        // heartbeat; a stall timeout below it would restart healthy services under load.
+        let longest = [
+            Duration::from_millis(u64::from(self.kafka.message_timeout_ms)),
+            self.database.statement_timeout,
+            self.database.connect_timeout,
+            g.publish_timeout,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+        if self.liveness.stall_timeout < longest + STALL_MARGIN {
+            return Err(invalid(
+                "liveness.stall_timeout",
+                format!(
+                    "must be at least {} ({} more than the longest single wait: kafka.message_timeout_ms, database.statement_timeout, database.connect_timeout, gateway.publish_timeout)",
+                    humantime::format_duration(longest + STALL_MARGIN),
+                    humantime::format_duration(STALL_MARGIN)
+                ),
+            ));
         }
         Ok(())
     }

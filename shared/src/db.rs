@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_payload_text_and_undeliverable.sql",
         sql: include_str!("../../schemas/sql/0004_payload_text_and_undeliverable.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_event_ids_per_tenant.sql",
+        sql: include_str!("../../schemas/sql/0005_event_ids_per_tenant.sql"),
+    },
 ];
 
 /// A pool of connections whose `search_path` is the configured schema (if any).
@@ -205,6 +210,41 @@ pub fn permanent(e: &tokio_postgres::Error) -> bool {
         let code = db.code().code();
         code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
     })
+}
+
+/// Whether an error says the database is away or overloaded rather than anything about the
+/// statement: the connection is gone or never came (class 08, an I/O error), the server is
+/// shutting down or starting (57P01–57P03), short of resources (class 53), or the statement
+/// lost a race it may win next time (statement timeout 57014, serialization failure 40001,
+/// deadlock 40P01, lock not available 55P03). Callers answer 503 or wait, never quarantine.
+pub fn unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01" | "55P03"
+                )
+        }
+        // No server answer at all: the connection failed or broke (I/O, TLS, timeout).
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// As [`unavailable`], for a pool that could not hand out a connection: a timeout waiting for
+/// one or a failed connect is the database's; a closed pool or a misconfiguration is not.
+pub fn pool_unavailable(e: &deadpool_postgres::PoolError) -> bool {
+    use deadpool_postgres::PoolError as P;
+    match e {
+        P::Timeout(_) => true,
+        P::Backend(e) => unavailable(e) || e.as_db_error().is_none(),
+        _ => false,
+    }
 }
 
 /// `SELECT 1` through the pool: the database half of `/readyz`.

@@ -13,7 +13,10 @@
 //! A loop that keeps retrying because PostgreSQL or the broker is away keeps running but does
 //! not progress; as long as the dependency is away that is an outage, reported by `/readyz`,
 //! and liveness stays green: restarting every pod would add a restart storm to the outage and
-//! bring nothing back. Each iteration of every loop is bounded (statement timeout, produce
+//! bring nothing back. `/healthz` asks both dependencies itself, but they can answer its ping
+//! and still fail the loop's work (a database out of connections or timing out under load, a
+//! partition without a leader), so a loop also says *why* it retries ([`Heartbeat::retrying`]):
+//! a loop whose last failure was a dependency's is `waiting`, not `stuck`. Each iteration of every loop is bounded (statement timeout, produce
 //! timeout, timer ticks), so a loop that runs beats well within the timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +31,8 @@ struct LoopState {
     ran: AtomicU64,
     progressed: AtomicU64,
     busy: AtomicBool,
+    /// The last retry was for a dependency (cleared by progress).
+    waiting: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -56,7 +61,8 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stall {
     pub name: String,
-    /// `hung` (not even running) or `stuck` (busy, no progress).
+    /// `hung` (not even running), `stuck` (busy, no progress) or `waiting` (busy, no
+    /// progress, retrying because a dependency fails it: not a reason to restart).
     pub kind: &'static str,
     pub seconds: u64,
 }
@@ -74,6 +80,7 @@ impl Liveness {
             ran: AtomicU64::new(now),
             progressed: AtomicU64::new(now),
             busy: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
         });
         self.loops
             .lock()
@@ -86,7 +93,7 @@ impl Liveness {
     }
 
     /// Loops that have not run for `timeout` (`hung`), and busy loops that have not progressed
-    /// for `timeout` (`stuck`).
+    /// for `timeout` (`stuck`, or `waiting` when their last retry was for a dependency).
     pub fn stalls(&self, timeout: Duration) -> Vec<Stall> {
         let now = millis(self.epoch);
         let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -107,7 +114,11 @@ impl Liveness {
             } else if l.busy.load(Ordering::Relaxed) && progressed > limit {
                 out.push(Stall {
                     name: l.name.clone(),
-                    kind: "stuck",
+                    kind: if l.waiting.load(Ordering::Relaxed) {
+                        "waiting"
+                    } else {
+                        "stuck"
+                    },
                     seconds: progressed / 1000,
                 });
             }
@@ -122,8 +133,17 @@ impl Heartbeat {
         self.state.ran.store(millis(self.epoch), Ordering::Relaxed);
     }
 
+    /// The loop failed and will try again: `dependency` when the failure was the database's
+    /// or the broker's (unreachable, overloaded, no leader), so that a long run of them is an
+    /// outage, not a stuck loop (module docs).
+    pub fn retrying(&self, dependency: bool) {
+        self.ran();
+        self.state.waiting.store(dependency, Ordering::Relaxed);
+    }
+
     /// The loop finished a unit of work (and so also ran).
     pub fn progressed(&self) {
+        self.state.waiting.store(false, Ordering::Relaxed);
         let now = millis(self.epoch);
         self.state.ran.store(now, Ordering::Relaxed);
         self.state.progressed.store(now, Ordering::Relaxed);
@@ -166,5 +186,28 @@ mod tests {
         assert!(l.stalls(timeout).is_empty());
         b.busy(false);
         assert!(l.stalls(Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn a_loop_retrying_for_a_dependency_is_waiting_not_stuck() {
+        let l = Liveness::default();
+        let a = l.register("a");
+        a.busy(true);
+        std::thread::sleep(Duration::from_millis(30));
+        let timeout = Duration::from_millis(10);
+        a.retrying(true);
+        assert_eq!(l.stalls(timeout)[0].kind, "waiting");
+        // The next failure is the loop's own: stuck again.
+        a.retrying(false);
+        assert_eq!(l.stalls(timeout)[0].kind, "stuck");
+        a.retrying(true);
+        a.progressed();
+        std::thread::sleep(Duration::from_millis(30));
+        a.ran();
+        assert_eq!(
+            l.stalls(timeout)[0].kind,
+            "stuck",
+            "progress clears waiting"
+        );
     }
 }

@@ -63,6 +63,14 @@ async fn healthz(State(state): State<OpsState>) -> Response {
     if stalls.is_empty() {
         return "ok\n".into_response();
     }
+    // Loops that only wait on a dependency their work fails on: an outage, not a stall.
+    if stalls.iter().all(|s| s.kind == "waiting") {
+        return (
+            StatusCode::OK,
+            axum::Json(json!({"status": "waiting_on_dependency", "loops": stalls})),
+        )
+            .into_response();
+    }
     let hung = stalls.iter().any(|s| s.kind == "hung");
     // A busy loop without progress is stuck only if what it waits on is there: otherwise it
     // is an outage, and a restart would not help (module docs).

@@ -60,7 +60,8 @@ pub enum Scope<K> {
 struct Entry<V> {
     seq: u64,
     at: Instant,
-    tenant: TenantId,
+    /// Unknown only for the tombstone of an entry never cached here (see `apply`).
+    tenant: Option<TenantId>,
     value: Option<V>,
 }
 
@@ -115,16 +116,24 @@ impl<K: Eq + Hash + Clone, V: Clone> Versioned<K, V> {
         let mut seen = std::collections::HashSet::new();
         for (key, tenant, value) in fresh {
             seen.insert(key.clone());
-            self.write(key, tenant, Some(value), stamp);
+            self.write(key, Some(tenant), Some(value), stamp);
         }
-        let gone: Vec<(K, TenantId)> = self
+        // A single entry looked up and not found: a tombstone even if it was never cached, so
+        // an older full load still in flight cannot bring back what was just deleted.
+        if let Scope::One(key) = &scope
+            && !seen.contains(key)
+            && !self.entries.contains_key(key)
+        {
+            self.write(key.clone(), None, None, stamp);
+        }
+        let gone: Vec<(K, Option<TenantId>)> = self
             .entries
             .iter()
             .filter(|(k, e)| {
                 !seen.contains(*k)
                     && match &scope {
                         Scope::All => true,
-                        Scope::Tenant(t) => e.tenant == *t,
+                        Scope::Tenant(t) => e.tenant == Some(*t),
                         Scope::One(key) => *k == key,
                     }
             })
@@ -154,12 +163,13 @@ impl<K: Eq + Hash + Clone, V: Clone> Versioned<K, V> {
     /// An entry changed by this process itself (a 410 disabled the endpoint): a write as new
     /// as a load starting now.
     pub fn set(&mut self, stamp: Stamp, key: K, tenant: TenantId, value: V) {
-        self.write(key, tenant, Some(value), stamp);
+        self.write(key, Some(tenant), Some(value), stamp);
     }
 
-    fn write(&mut self, key: K, tenant: TenantId, value: Option<V>, stamp: Stamp) {
+    fn write(&mut self, key: K, tenant: Option<TenantId>, value: Option<V>, stamp: Stamp) {
         // A newer load of the whole scope already said what this tenant holds.
-        if stamp.seq < self.floor || self.floors.get(&tenant).is_some_and(|f| stamp.seq < f.seq) {
+        let tenant_floor = tenant.and_then(|t| self.floors.get(&t));
+        if stamp.seq < self.floor || tenant_floor.is_some_and(|f| stamp.seq < f.seq) {
             return;
         }
         let entry = Entry {
@@ -213,5 +223,23 @@ mod tests {
         assert!(m.apply(gone, Scope::One(1), []));
         assert_eq!(m.get(&1), None);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_miss_for_an_entry_never_cached_is_a_tombstone() {
+        let stamps = Stamps::default();
+        let t = TenantId::new();
+        let mut m: Versioned<u32, &str> = Versioned::default();
+        // A full load starts, the entry is deleted, a lookup finds nothing, then the full
+        // load (which still saw the entry) lands.
+        let full = stamps.take();
+        let miss = stamps.take();
+        assert!(m.apply(miss, Scope::One(7), []));
+        assert!(m.apply(full, Scope::All, [(7, t, "deleted")]));
+        assert_eq!(
+            m.get(&7),
+            None,
+            "the older load brought a deleted entry back"
+        );
     }
 }

@@ -211,6 +211,37 @@ fn invalid_values_name_their_key() {
             "10ms",
             "database.statement_timeout",
         ),
+        // A stall timeout a single slow statement would trip (30 s by default).
+        (
+            "HARBORHOOK_LIVENESS__STALL_TIMEOUT",
+            "20s",
+            "liveness.stall_timeout",
+        ),
+        (
+            "HARBORHOOK_DATABASE__STATEMENT_TIMEOUT",
+            "10m",
+            "liveness.stall_timeout",
+        ),
+        (
+            "HARBORHOOK_FANOUT__CACHE_RELOAD_INTERVAL",
+            "0s",
+            "fanout.cache_reload_interval",
+        ),
+        (
+            "HARBORHOOK_DELIVERY__CACHE_RELOAD_INTERVAL",
+            "10ms",
+            "delivery.cache_reload_interval",
+        ),
+        (
+            "HARBORHOOK_KAFKA__MESSAGE_MAX_BYTES",
+            "200000000",
+            "kafka.message_max_bytes",
+        ),
+        (
+            "HARBORHOOK_KAFKA__MESSAGE_TIMEOUT_MS",
+            "4000000000",
+            "kafka.message_timeout_ms",
+        ),
     ];
     for &(var, value, key) in cases {
         Jail::expect_with(|jail| {

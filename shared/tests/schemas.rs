@@ -315,6 +315,7 @@ fn invalid_event_record_agrees_with_its_schema() {
             offset: 7,
         },
         key_base64: Some("a2V5".into()),
+        key_truncated: true,
         value_base64: "bm90IGpzb24=".into(),
         value_truncated: true,
         value_bytes: 8,

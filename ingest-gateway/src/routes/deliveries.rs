@@ -64,9 +64,11 @@ impl TryFrom<&Row> for DeliveryView {
 const COLUMNS: &str = "id, tenant_id, event_id, endpoint_id, event_type, status, attempts, last_status_code, \
     last_error_class, skip_reason, created_at, updated_at, delivered_at";
 
-/// The deliveries of `event`, newest first, optionally filtered.
+/// The deliveries of `tenant`'s `event`, newest first, optionally filtered.
+#[allow(clippy::too_many_arguments)]
 pub async fn delivery_rows(
     state: &AppState,
+    tenant: &TenantId,
     event: &EventId,
     endpoint: Option<EndpointId>,
     from: Option<DateTime<Utc>>,
@@ -84,6 +86,7 @@ pub async fn delivery_rows(
                    AND ($3::timestamptz IS NULL OR created_at >= $3)
                    AND ($4::timestamptz IS NULL OR created_at < $4)
                    AND (created_at, id) < ($5, $6)
+                   AND tenant_id = $8
                  ORDER BY created_at DESC, id DESC LIMIT $7"
             ),
             &[
@@ -94,6 +97,7 @@ pub async fn delivery_rows(
                 &before_time,
                 &before_id,
                 &limit,
+                tenant,
             ],
         )
         .await?;
@@ -123,12 +127,13 @@ pub async fn of_event(
     Query(params): Query<OfEventParams>,
 ) -> ApiResult<Json<Page<DeliveryView>>> {
     let id: EventId = parse_id(&event, "event")?;
-    load_event(&state, &principal, &id).await?;
+    let event = load_event(&state, &principal, &id, None).await?;
     let (limit, cursor) = page_params(params.limit, params.cursor.as_deref())?;
     let endpoint = endpoint_filter(params.endpoint_id.as_deref())?;
     crate::pagination::time_filters(&[("from", params.from), ("to", params.to)])?;
     let rows = delivery_rows(
         &state,
+        &event.tenant_id,
         &id,
         endpoint,
         params.from,
@@ -226,7 +231,13 @@ pub async fn action(
     )?;
     let reason = body.reason.trim();
     let delivery = load(&state, &principal, &id).await?;
-    let event = load_event(&state, &principal, &delivery.event_id).await?;
+    let event = load_event(
+        &state,
+        &principal,
+        &delivery.event_id,
+        Some(&delivery.tenant_id),
+    )
+    .await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     tx.query_opt(
@@ -281,6 +292,15 @@ pub async fn action(
         )
         .await
         .map_err(|(e, _)| {
+            // The record itself refused (its size against a broker limit below the
+            // producer's): retrying cannot help, so not a 503; the transaction rolls back.
+            if shared::kafka::permanent(&e) {
+                tracing::warn!(delivery_id = %id, error = %e, "the broker refused the replayed delivery");
+                return ApiError::Unprocessable {
+                    message: format!("the delivery log refused the delivery record ({e})"),
+                    details: Vec::new(),
+                };
+            }
             tracing::warn!(delivery_id = %id, error = %e, "replay produce failed");
             state.replace_producer_if_fatal();
             ApiError::Unavailable {

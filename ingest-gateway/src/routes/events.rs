@@ -117,7 +117,7 @@ pub async fn batch(
 #[derive(Debug, Serialize)]
 pub struct EventView {
     id: EventId,
-    tenant_id: TenantId,
+    pub tenant_id: TenantId,
     event_type: String,
     /// The JSON text as published (events.payload is text, migration 0004).
     payload: Box<serde_json::value::RawValue>,
@@ -233,21 +233,37 @@ pub struct EventWithDeliveries {
     deliveries: Vec<DeliveryView>,
 }
 
-/// The event if the caller may see it; another tenant's event is "not found".
+/// The event if the caller may see it; another tenant's event is "not found". Event ids are
+/// the tenant's choice (direct producers), so two tenants may use one (migration 0005): a
+/// tenant's caller, or a caller who knows the tenant (`tenant`, e.g. from a delivery), sees
+/// that tenant's event; an operator asking by an id several tenants use gets 409 and can list
+/// the tenant's events instead.
 pub async fn load_event(
     state: &AppState,
     principal: &Principal,
     id: &EventId,
+    tenant: Option<&TenantId>,
 ) -> ApiResult<EventView> {
+    let scope = tenant.copied().or(principal.tenant_scope());
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM events WHERE id = $1"),
-            &[id],
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM events WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) LIMIT 2"
+            ),
+            &[id, &scope],
         )
-        .await?
-        .ok_or(ApiError::NotFound("event"))?;
-    let event = EventView::try_from(&row)?;
+        .await?;
+    let row = match rows.as_slice() {
+        [] => return Err(ApiError::NotFound("event")),
+        [row] => row,
+        _ => {
+            return Err(ApiError::Conflict(format!(
+                "event id {id} is used by more than one tenant: find it in GET /v1/tenants/{{tenant_id}}/events"
+            )));
+        }
+    };
+    let event = EventView::try_from(row)?;
     principal
         .require_tenant(&event.tenant_id)
         .map_err(|_| ApiError::NotFound("event"))?;
@@ -260,7 +276,8 @@ pub async fn get(
     Path(event): Path<String>,
 ) -> ApiResult<Json<EventWithDeliveries>> {
     let id: EventId = parse_id(&event, "event")?;
-    let event = load_event(&state, &principal, &id).await?;
-    let deliveries = delivery_rows(&state, &id, None, None, None, None, 250).await?;
+    let event = load_event(&state, &principal, &id, None).await?;
+    let deliveries =
+        delivery_rows(&state, &event.tenant_id, &id, None, None, None, None, 250).await?;
     Ok(Json(EventWithDeliveries { event, deliveries }))
 }

@@ -47,6 +47,8 @@ pub use rdkafka::error::KafkaError;
 pub use rebalance::{Generations, Rebalancing, commit};
 
 /// Whether a produce error is about the record itself, so retrying it can never succeed.
+/// Not `InvalidMessage` (CORRUPT_MESSAGE): Kafka reports a checksum that failed in transit
+/// with it, and a retry succeeds; the client retries it itself, and so do our loops.
 pub fn permanent(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     match e {
@@ -54,7 +56,6 @@ pub fn permanent(e: &KafkaError) -> bool {
             code,
             C::MessageSizeTooLarge
                 | C::InvalidMessageSize
-                | C::InvalidMessage
                 | C::InvalidRecord
                 | C::MessageBatchTooLarge
                 | C::InvalidTimestamp

@@ -303,7 +303,7 @@ pub struct DeadLetterRecord {
 }
 
 /// On `events.invalid`: a record from `events` that failed validation, kept whole (base64,
-/// since it may not even be UTF-8) with the reason. Key: the original key. A value too large
+/// since it may not even be UTF-8) with the reason. Key: the original key (its first KiB). A value too large
 /// to fit base64-encoded is cut (`value_truncated`); `value_bytes` is its whole size and
 /// `source` finds the original on `events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,8 +312,11 @@ pub struct InvalidEventRecord {
     pub reason: String,
     pub received_at: DateTime<Utc>,
     pub source: SourcePosition,
+    /// The key, or its first KiB when longer (`key_truncated`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_truncated: bool,
     pub value_base64: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub value_truncated: bool,
