@@ -82,9 +82,16 @@ impl BatchError {
         match self {
             Self::Db(e) => shared::db::unavailable(e),
             Self::Pool(e) => shared::db::pool_unavailable(e),
-            Self::Produce { source, .. } => !shared::kafka::permanent(source),
+            Self::Produce { source, .. } => shared::kafka::unavailable(source),
             Self::Encode(_) => false,
         }
+    }
+
+    /// Whether a statement ran out of time (`database.statement_timeout`): the batch may be too
+    /// large for the database as it is (a tenant with thousands of endpoints on `*`), so the
+    /// caller retries it in halves rather than whole forever (consume.rs).
+    pub fn too_slow(&self) -> bool {
+        matches!(self, Self::Db(e) if e.as_db_error().is_some_and(|d| d.code().code() == "57014"))
     }
 }
 

@@ -73,11 +73,26 @@ async fn next_batch(
 }
 
 /// Handles `batch`, isolating records that fail permanently (module docs); returns only
-/// transient errors.
-async fn handle_isolating(fanout: &Fanout, batch: &[OwnedMessage]) -> Result<(), BatchError> {
+/// transient errors, with how many of the batch's first records are done (when a split half
+/// failed after the one before it succeeded), so the retry starts after them.
+async fn handle_isolating(
+    fanout: &Fanout,
+    batch: &[OwnedMessage],
+) -> Result<(), (usize, BatchError)> {
     match fanout.handle(batch).await {
         Ok(()) => Ok(()),
-        Err(e) if !e.permanent() => Err(e),
+        // Too large to finish within the statement timeout: halves (each its own transaction,
+        // as safe to repeat as the whole) until each fits. Nothing is quarantined; one record
+        // that alone is too slow is retried like any transient error, and the records after
+        // it wait for it (their order holds).
+        Err(e) if e.too_slow() && batch.len() > 1 => {
+            tracing::warn!(
+                records = batch.len(),
+                "the batch timed out in the database; splitting it"
+            );
+            halves(fanout, batch).await
+        }
+        Err(e) if !e.permanent() => Err((0, e)),
         Err(e) => {
             if let [one] = batch {
                 let reason = format!("refused downstream: {}", shared::error_chain(&e));
@@ -89,16 +104,23 @@ async fn handle_isolating(fanout: &Fanout, batch: &[OwnedMessage]) -> Result<(),
                             error = %shared::error_chain(&q), "event record could not be quarantined; skipped");
                         Ok(())
                     }
-                    other => other,
+                    other => other.map_err(|q| (0, q)),
                 };
             }
             tracing::warn!(records = batch.len(), error = %shared::error_chain(&e),
                 "a record of the batch was refused; isolating it");
-            let (a, b) = batch.split_at(batch.len() / 2);
-            Box::pin(handle_isolating(fanout, a)).await?;
-            Box::pin(handle_isolating(fanout, b)).await
+            halves(fanout, batch).await
         }
     }
+}
+
+/// The first half, then the second, counting the first half as done if the second fails.
+async fn halves(fanout: &Fanout, batch: &[OwnedMessage]) -> Result<(), (usize, BatchError)> {
+    let (a, b) = batch.split_at(batch.len() / 2);
+    Box::pin(handle_isolating(fanout, a)).await?;
+    Box::pin(handle_isolating(fanout, b))
+        .await
+        .map_err(|(done, e)| (a.len() + done, e))
 }
 
 pub async fn run(
@@ -117,12 +139,16 @@ pub async fn run(
         };
         heartbeat.busy(true);
         let mut backoff = Duration::from_millis(100);
+        // Records of the batch already handled by an earlier try (a split whose first part
+        // succeeded): not sent again on each retry. The offsets still wait for the whole batch.
+        let mut done = 0;
         loop {
-            match handle_isolating(&fanout, &batch).await {
+            match handle_isolating(&fanout, &batch[done..]).await {
                 Ok(()) => break,
-                Err(e) => {
+                Err((more, e)) => {
+                    done += more;
                     heartbeat.retrying(e.dependency());
-                    tracing::error!(error = %shared::error_chain(&e), records = batch.len(), "batch failed; retrying");
+                    tracing::error!(error = %shared::error_chain(&e), records = batch.len() - done, "batch failed; retrying");
                     tokio::select! {
                         // Not stored: the batch is handled again after the restart.
                         _ = shutdown.cancelled() => { commit(&*consumer); return; }

@@ -314,3 +314,72 @@ async fn a_repeated_idempotency_key_fans_out_once() -> anyhow::Result<()> {
     running.wait().await?;
     world.cleanup().await
 }
+
+/// A batch the database cannot finish within the statement timeout is split, not retried whole
+/// forever: here one event's insert waits on a lock another transaction holds. The events
+/// before it in the partition fan out all the same (whole, the batch would record none), the
+/// ones after it wait so that their order holds, and all follow once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_times_out_is_split_and_the_rest_proceeds() -> anyhow::Result<()> {
+    let mut world = World::new().await?;
+    world.env.config.database.statement_timeout = Duration::from_secs(1);
+    let tenant = world.tenant().await?;
+    let endpoint = world.endpoint(&tenant, true).await?;
+    world.subscribe(&tenant, &endpoint, "*").await?;
+    let events: Vec<_> = (0..10)
+        .map(|_| world.envelope(&tenant, "order.placed", None))
+        .collect();
+    let held = events[6].event_id;
+    // An uncommitted row with the same key: fan-out's insert of it waits for this transaction.
+    let mut locker = world.env.db().await?;
+    let tx = locker.transaction().await?;
+    tx.execute(
+        "INSERT INTO events (id, tenant_id, event_type, payload, created_at) VALUES ($1, $2, 'order.placed', '{}', now())",
+        &[&held, &tenant],
+    )
+    .await?;
+    // One Kafka key: one partition, one batch.
+    for e in &events {
+        world
+            .publish_raw(Some(b"one-partition"), &serde_json::to_vec(e)?)
+            .await?;
+    }
+    let reader = world.reader(world.env.catalog().deliveries())?;
+    let (shutdown, running) = start(&world).await?;
+    let before: HashSet<_> = events[..6].iter().map(|e| e.event_id).collect();
+    let mut got = HashSet::new();
+    let mut records = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < before.len() && Instant::now() < deadline {
+        for d in deliveries(&drain(&reader, 6, Duration::from_secs(2)).await) {
+            records += 1;
+            got.insert(d.event_id);
+        }
+    }
+    // A little longer, across several retries of the held one: nothing after it overtakes
+    // it, and what is done is not sent again on each retry.
+    for d in deliveries(&drain(&reader, 10, Duration::from_secs(5)).await) {
+        records += 1;
+        got.insert(d.event_id);
+    }
+    assert_eq!(
+        got, before,
+        "the events before the held one fan out, and only they"
+    );
+    assert_eq!(
+        records,
+        before.len(),
+        "each sent once while the held one is retried"
+    );
+    tx.rollback().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < events.len() && Instant::now() < deadline {
+        for d in deliveries(&drain(&reader, 4, Duration::from_secs(2)).await) {
+            got.insert(d.event_id);
+        }
+    }
+    assert_eq!(got.len(), events.len(), "all fan out once the lock is gone");
+    shutdown.cancel();
+    running.wait().await?;
+    world.cleanup().await
+}

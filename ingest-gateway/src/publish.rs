@@ -100,14 +100,16 @@ fn validate(
             check_key(key).map_err(|e| ApiError::invalid(field, e))?;
         }
     }
-    // What makes two requests "the same" for idempotency: type, payload (spacing and key order
-    // aside, so a retry that re-encodes the same object matches; numbers and strings as
-    // written, so no two different payloads ever match) and ordering key.
+    // What makes two requests "the same" for idempotency: type, payload and ordering key. The
+    // payload is carried byte for byte (shared::payload), so it is compared byte for byte: two
+    // payloads that differ in anything (digits beyond a double, key order, escapes) are two
+    // requests, and a retry that re-encodes its JSON gets 422 rather than having a different
+    // payload silently taken for the first. One pass over the text, whatever its shape.
     let hash = if idempotency_key.is_some() {
         let mut hasher = Sha256::new();
         hasher.update(event_type.as_str().as_bytes());
         hasher.update([0]);
-        hasher.update(payload.canonical());
+        hasher.update(payload.as_bytes());
         hasher.update([0]);
         hasher.update(req.ordering_key.as_deref().unwrap_or("").as_bytes());
         hasher

@@ -41,8 +41,11 @@ async fn the_api_is_what_its_document_says() -> anyhow::Result<()> {
         examples,
         "--seed".to_owned(),
         seed,
+        // One worker: with two threads, CPython 3.11's `ast.parse` (hypothesis describes its
+        // strategies with it) can fail with "AST constructor recursion depth mismatch"
+        // (seen here once), a crash of the tool reported as a test error.
         "--workers".to_owned(),
-        "2".to_owned(),
+        "1".to_owned(),
     ];
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&bin)

@@ -227,10 +227,13 @@ impl Scheduler {
                         "the broker refused the record for {topic}: {e}"
                     ));
                 }
-                Err((e, _)) => tracing::warn!(error = %e, topic, "re-enqueue failed; retrying"),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, topic, "re-enqueue failed; retrying");
+                    // The broker's (away, no leader, timed out), or ours (a fatal producer,
+                    // refused credentials): only the latter may show as stuck and restart.
+                    self.heartbeat.retrying(shared::kafka::unavailable(&e));
+                }
             }
-            // Not permanent: the broker did not take it (away, no leader, timed out).
-            self.heartbeat.retrying(true);
             if shutdown.is_cancelled() {
                 return Sent::Shutdown;
             }

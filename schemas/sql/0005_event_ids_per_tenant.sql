@@ -14,5 +14,12 @@
 ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_event_id_fkey;
 ALTER TABLE events DROP CONSTRAINT events_pkey;
 ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (id, tenant_id);
+-- NOT VALID: checked for every row written from now on, not for existing ones. Releases before
+-- this one could attach a delivery to another tenant's event (the bug this fixes), and such a
+-- row would fail the check and with it the migration, and so every service's start. Find them
+-- with `SELECT d.id FROM deliveries d LEFT JOIN events e ON (e.id, e.tenant_id) = (d.event_id,
+-- d.tenant_id) WHERE e.id IS NULL`, then `ALTER TABLE deliveries VALIDATE CONSTRAINT
+-- deliveries_event_fkey` (docs/database.md).
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_event_fkey
-    FOREIGN KEY (event_id, tenant_id) REFERENCES events (id, tenant_id) ON DELETE CASCADE;
+    FOREIGN KEY (event_id, tenant_id) REFERENCES events (id, tenant_id) ON DELETE CASCADE
+    NOT VALID;

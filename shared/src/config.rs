@@ -545,6 +545,27 @@ impl Config {
                 format!("at most {MESSAGE_TIMEOUT_MAX_MS} (15 minutes)"),
             ));
         }
+        // The brokers' group.min/max.session.timeout.ms (6 s and 30 min by default): outside
+        // them a consumer is refused its group forever while looking healthy.
+        if !(6_000..=1_800_000).contains(&k.session_timeout_ms) {
+            return Err(invalid(
+                "kafka.session_timeout_ms",
+                "between 6000 and 1800000 (the brokers' group session bounds)",
+            ));
+        }
+        // librdkafka refuses a linger at or above the message timeout, and a batch of 0 bytes.
+        if u64::from(k.linger_ms) * 2 > u64::from(k.message_timeout_ms) {
+            return Err(invalid(
+                "kafka.linger_ms",
+                "at most half of kafka.message_timeout_ms",
+            ));
+        }
+        if k.batch_size_bytes == 0 || k.batch_size_bytes > k.message_max_bytes.max(1_000_000) {
+            return Err(invalid(
+                "kafka.batch_size_bytes",
+                "between 1 and the larger of 1000000 and kafka.message_max_bytes",
+            ));
+        }
         // A consumer refuses a fetch response above its receive.message.max.bytes (100 MB by
         // default): a record near that size would stall its partition for every reader.
         if k.message_max_bytes > MESSAGE_MAX_BYTES_MAX {
@@ -597,8 +618,8 @@ impl Config {
                 return Err(invalid("database.schema", "a lowercase SQL identifier"));
             }
         }
-        if db.pool_size == 0 {
-            return Err(invalid("database.pool_size", "must be at least 1"));
+        if !(1..=1000).contains(&db.pool_size) {
+            return Err(invalid("database.pool_size", "must be between 1 and 1000"));
         }
         if db.statement_timeout < Duration::from_secs(1) {
             return Err(invalid("database.statement_timeout", "must be at least 1s"));

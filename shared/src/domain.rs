@@ -1,7 +1,10 @@
-//! Domain types: what a tenant, endpoint, subscription, event, delivery and attempt are.
+//! Domain types shared by the services: event types and subscription patterns, signing secrets
+//! and schemes, the endpoint as the delivery-consumer holds it, delivery statuses and error
+//! classes.
 //!
-//! Values that arrive from outside (event types, patterns, secrets, URLs) have a type whose only
-//! constructor validates them, so code past the boundary never re-checks.
+//! Values that arrive from outside (event types, patterns, secrets, schemes) have a type whose
+//! only constructor validates them, so code past the boundary never re-checks. Endpoint URLs
+//! are checked where they are accepted (the gateway) and where they are dialled (ssrf.rs).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ids::{DeliveryId, EndpointId, EventId, SubscriptionId, TenantId};
+use crate::ids::{EndpointId, TenantId};
 
 /// Why a value from outside was rejected; the message is safe to show to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -234,13 +237,6 @@ impl FromStr for SignatureScheme {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Tenant {
-    pub id: TenantId,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
-}
-
 /// A secret that signs deliveries; during rotation the old one has `expires_at` set and both sign.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointSecret {
@@ -281,26 +277,6 @@ impl Endpoint {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Subscription {
-    pub id: SubscriptionId,
-    pub tenant_id: TenantId,
-    pub endpoint_id: EndpointId,
-    pub event_type: EventTypePattern,
-    pub created_at: DateTime<Utc>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub id: EventId,
-    pub tenant_id: TenantId,
-    pub event_type: EventType,
-    pub payload: serde_json::Map<String, serde_json::Value>,
-    pub idempotency_key: Option<String>,
-    pub ordering_key: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
 /// Where a delivery stands; stored in `deliveries.status`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -323,18 +299,6 @@ impl DeliveryStatus {
             Self::Skipped => "skipped",
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub id: DeliveryId,
-    pub tenant_id: TenantId,
-    pub event_id: EventId,
-    pub endpoint_id: EndpointId,
-    pub status: DeliveryStatus,
-    pub attempts: u32,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
 }
 
 /// Why an attempt failed, coarse enough to alert and retry on.
@@ -380,19 +344,6 @@ impl ErrorClass {
             Self::CircuitOpen => "circuit_open",
         }
     }
-}
-
-/// One HTTP attempt of a delivery.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub delivery_id: DeliveryId,
-    /// 1 for the first attempt.
-    pub attempt: u32,
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: u32,
-    pub status_code: Option<u16>,
-    pub error_class: Option<ErrorClass>,
-    pub error: Option<String>,
 }
 
 #[cfg(test)]

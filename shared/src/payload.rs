@@ -119,52 +119,6 @@ impl Payload {
     pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::from_str(self.0.get()).unwrap_or_default()
     }
-
-    /// The payload with white space dropped and every object's keys sorted, scalars kept as
-    /// their exact text: what idempotency compares. Two payloads are the same request when
-    /// they differ only in spacing and key order; numbers are never parsed (two 30-digit
-    /// integers that one double would hold are different), and strings compare as written.
-    pub fn canonical(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len());
-        // A checked payload always parses; should it not, its text is its own canonical form.
-        if canonical(&self.0, &mut out).is_err() {
-            out.clear();
-            out.extend_from_slice(self.as_bytes());
-        }
-        out
-    }
-}
-
-fn canonical(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let text = raw.get();
-    match text.as_bytes().first() {
-        Some(b'{') => {
-            let object: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
-            out.push(b'{');
-            for (i, (key, value)) in object.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, &key)?;
-                out.push(b':');
-                canonical(value, out)?;
-            }
-            out.push(b'}');
-        }
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text)?;
-            out.push(b'[');
-            for (i, item) in items.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical(item, out)?;
-            }
-            out.push(b']');
-        }
-        _ => out.extend_from_slice(text.as_bytes()),
-    }
-    Ok(())
 }
 
 impl PartialEq for Payload {
@@ -298,26 +252,6 @@ impl<'de> Visitor<'de> for Key {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn canonical_form_ignores_spacing_and_key_order_only() {
-        let p = |t: &str| {
-            super::Payload::parse(t)
-                .map(|p| p.canonical())
-                .unwrap_or_default()
-        };
-        assert_eq!(
-            p(r#"{ "b": [1, {"y":2,"x":1}], "a": "s" }"#),
-            p(r#"{"a":"s","b":[1,{"x":1,"y":2}]}"#)
-        );
-        assert_eq!(p(r#"{"a":1}"#), br#"{"a":1}"#.to_vec());
-        // Numbers one double would hold alike stay apart.
-        assert_ne!(
-            p(r#"{"n":123456789012345678901234567890}"#),
-            p(r#"{"n":123456789012345678901234567891}"#)
-        );
-        assert_ne!(p(r#"{"n":1}"#), p(r#"{"n":1.0}"#));
-    }
-
     use super::*;
 
     #[test]

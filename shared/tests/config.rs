@@ -242,6 +242,22 @@ fn invalid_values_name_their_key() {
             "4000000000",
             "kafka.message_timeout_ms",
         ),
+        (
+            "HARBORHOOK_KAFKA__SESSION_TIMEOUT_MS",
+            "100",
+            "kafka.session_timeout_ms",
+        ),
+        ("HARBORHOOK_KAFKA__LINGER_MS", "30000", "kafka.linger_ms"),
+        (
+            "HARBORHOOK_KAFKA__BATCH_SIZE_BYTES",
+            "0",
+            "kafka.batch_size_bytes",
+        ),
+        (
+            "HARBORHOOK_DATABASE__POOL_SIZE",
+            "100000000000",
+            "database.pool_size",
+        ),
     ];
     for &(var, value, key) in cases {
         Jail::expect_with(|jail| {

@@ -64,6 +64,30 @@ pub fn permanent(e: &KafkaError) -> bool {
     }
 }
 
+/// Whether a produce error is the broker's or the network's (unreachable, no leader, timed
+/// out), so waiting is the answer: not the record's fault ([`permanent`]), not a producer in a
+/// fatal state (it refuses every later send until replaced: a restart clears it), not a
+/// refusal of our credentials or topics (configuration, not an outage).
+pub fn unavailable(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    if permanent(e) {
+        return false;
+    }
+    !matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Fatal
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::TransactionalIdAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::InvalidConfig
+        )
+    )
+}
+
 /// Settings shared by producers, consumers and admin clients: where and how to connect.
 pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -130,4 +154,36 @@ pub fn admin(
     client_id: &str,
 ) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     client_config(config, client_id).create()
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn produce_errors_are_told_apart() {
+        let produce = |c| KafkaError::MessageProduction(c);
+        // The broker's: wait.
+        for c in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::NotLeaderForPartition,
+            C::InvalidMessage,
+        ] {
+            assert!(super::unavailable(&produce(c)), "{c:?}");
+            assert!(!super::permanent(&produce(c)), "{c:?}");
+        }
+        // The record's: quarantine.
+        assert!(super::permanent(&produce(C::MessageSizeTooLarge)));
+        assert!(!super::unavailable(&produce(C::MessageSizeTooLarge)));
+        // Ours: a fatal producer or refused credentials must be able to fail liveness.
+        for c in [
+            C::Fatal,
+            C::TopicAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+        ] {
+            assert!(!super::unavailable(&produce(c)), "{c:?}");
+        }
+    }
 }
