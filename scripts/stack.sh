@@ -157,10 +157,13 @@ ENV
   . "$STATE/env"
   say "applying migrations and ensuring topics"
   (cd "$ROOT" && cargo build -q -p harborctl) || die "building harborctl failed"
-  "$ROOT/target/debug/harborctl" migrate >&2
-  "$ROOT/target/debug/harborctl" topics ensure >"$LOGS/topics.log" || die "topics ensure failed (see $LOGS/topics.log)"
+  # Where cargo put it: CARGO_TARGET_DIR (absolute, or relative to the workspace) or target/.
+  local ctl
+  ctl=$(cd "$ROOT" && cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/harborctl
+  "$ctl" migrate >&2
+  "$ctl" topics ensure >"$LOGS/topics.log" || die "topics ensure failed (see $LOGS/topics.log)"
   # The development key pair the gateway trusts (gateway.auth.jwks_file) and harborctl signs with.
-  (cd "$ROOT" && target/debug/harborctl token init >/dev/null) || die "creating the dev key pair failed"
+  (cd "$ROOT" && "$ctl" token init >/dev/null) || die "creating the dev key pair failed"
   say "stack is up: DATABASE_URL=$db_url KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP"
   say "logs: $LOGS/ (nisshi.log, postgres.log when started here)"
 }
