@@ -119,6 +119,22 @@ impl Suite {
         Ok(out)
     }
 
+    /// The id of the newest delivery of the attacker's `event`, as the API lists it.
+    async fn first_delivery(&self, event: &str) -> anyhow::Result<String> {
+        let (_, page) = status_of(
+            &self.p,
+            Method::GET,
+            &format!("/v1/events/{event}/deliveries"),
+            &self.token,
+            None,
+        )
+        .await?;
+        Ok(page["data"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// The attempts the API shows for the delivery of `event` at the attacker's endpoints.
     async fn attempts(&self, event: &str) -> anyhow::Result<Vec<Value>> {
         let (_, page) = status_of(
@@ -296,18 +312,7 @@ async fn payloads_at_the_size_limit(s: &Suite) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(refused.is_empty(), "outcome records refused: {refused:?}");
     // A replay with the longest reason (1000 emoji, 4 bytes each) still fits, and is sent.
-    let (_, page) = status_of(
-        &s.p,
-        Method::GET,
-        &format!("/v1/events/{event}/deliveries"),
-        &s.token,
-        None,
-    )
-    .await?;
-    let delivery = page["data"][0]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let delivery = s.first_delivery(&event).await?;
     let before = s.receiver.bodies("big").len();
     let (st, v) = status_of(
         &s.p,
@@ -614,18 +619,7 @@ async fn control_characters_everywhere(s: &Suite) -> anyhow::Result<()> {
         Ok(!s.attempts(&event).await?.is_empty())
     })
     .await?;
-    let (_, page) = status_of(
-        &s.p,
-        Method::GET,
-        &format!("/v1/events/{event}/deliveries"),
-        &s.token,
-        None,
-    )
-    .await?;
-    let delivery = page["data"][0]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let delivery = s.first_delivery(&event).await?;
     let nul = "a\u{0}b";
     let cases: Vec<(Method, String, &str, Option<Value>)> = vec![
         (
