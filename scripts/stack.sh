@@ -207,7 +207,7 @@ status() {
 
 # --- Tools of the checks that are not Rust -----------------------------------------------------
 KUBERNETES_VALIDATE_VERSION=1.37.0
-# API fuzzing from the OpenAPI document (ingest-gateway/tests/schemathesis.rs).
+# API fuzzing from the OpenAPI document (ingest-gateway/tests/it/schemathesis.rs).
 SCHEMATHESIS_VERSION=4.32.5
 
 # kubectl with its built-in `kustomize` (any version: the manifests render alike with Kustomize
@@ -222,7 +222,7 @@ tools() {
     kubectl=$(command -v kubectl) || die "kubernetes-client installed but kubectl not found"
   fi
   # The receiver examples of docs/receiving-webhooks.md run in their own languages
-  # (shared/tests/receiver_examples.rs).
+  # (shared/tests/it/receiver_examples.rs).
   local missing=()
   command -v go >/dev/null || missing+=(golang-go)
   command -v node >/dev/null || missing+=(nodejs)

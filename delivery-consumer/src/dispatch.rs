@@ -188,7 +188,7 @@ impl Dispatcher {
             partition,
             offset,
             generation,
-            headers: m.headers().map(|h| h.detach()),
+            trace: shared::kafka::or_new_trace(&shared::kafka::extract_trace_context(m.headers())),
             sent_at: Instant::now(),
         };
         let actions = st

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use futures::FutureExt as _;
-use rdkafka::message::OwnedHeaders;
 use shared::domain::{DeliveryStatus, Endpoint, ErrorClass};
 use shared::ids::{EndpointId, TenantId};
 use shared::records::{AttemptSummary, DeadLetterReason, DeliveryRecord};
@@ -38,7 +37,9 @@ pub struct Job {
     pub offset: i64,
     /// Its partition's generation when it was read; a stale job's offset is not stored.
     pub generation: u64,
-    pub headers: Option<OwnedHeaders>,
+    /// The trace the record came with, or a new one when it had none: its attempts and its
+    /// retry and dead-letter records are all of this trace.
+    pub trace: shared::kafka::TraceContext,
     /// When its request was started (set by the admission core).
     pub sent_at: Instant,
 }
@@ -71,7 +72,7 @@ impl Job {
             partition,
             offset: 0,
             generation: 0,
-            headers: None,
+            trace: shared::kafka::TraceContext::new(),
             sent_at: Instant::now(),
         }
     }
@@ -298,8 +299,7 @@ async fn deliver(deps: &Deps, job: &Job, report: &Report) {
         event_id = %r.event_id,
         attempt = r.attempt,
     );
-    let parent =
-        shared::kafka::extract_trace_context(job.headers.as_ref().map(OwnedHeaders::as_borrowed));
+    let parent = job.trace.clone();
     shared::telemetry::set_parent(&span, parent.clone());
     async move {
         let Some(endpoint) = load(deps, &r.endpoint_id).await else {

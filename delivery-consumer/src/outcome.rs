@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use shared::domain::{DeliveryStatus, ErrorClass};
 use shared::ids::TenantId;
 use shared::kafka::RetryTier;
 use shared::records::{
-    DeadLetterReason, DeadLetterRecord, DeliveryRecord, ERROR_MAX, RetryRecord, SchemaVersion,
-    SourcePosition,
+    DeadLetterReason, DeadLetterRecord, DeliveryRecord, ERROR_MAX, Outgoing, RetryRecord,
+    SchemaVersion, SourcePosition,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -64,16 +64,16 @@ impl Outcomes {
             .unwrap_or_else(|| unreachable!("the schedule has at least one tier (config)"))
     }
 
-    /// Produces until acknowledged (transient errors) or refused for good.
-    async fn produce(&self, topic: &str, job: &Job, payload: Vec<u8>) -> Result<(), Failure> {
-        let key = job.record.endpoint_id.to_string();
+    /// Produces until acknowledged (transient errors) or refused for good. The record carries
+    /// the trace its delivery came with; its tenant header is the record's own.
+    async fn produce(&self, topic: &str, record: Outgoing) -> Result<(), Failure> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
-            if let Some(h) = &job.headers {
-                record = record.headers(h.clone());
-            }
-            match self.producer.send(record, self.produce_timeout).await {
+            match self
+                .producer
+                .send(record.to(topic), self.produce_timeout)
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err((e, _)) if shared::kafka::permanent(&e) => {
                     return Err(Failure::Permanent(format!(
@@ -113,8 +113,9 @@ impl Outcomes {
             tier: tier.name.clone(),
             delivery,
         };
-        let payload = serde_json::to_vec(&record).map_err(|e| Failure::Permanent(e.to_string()))?;
-        let result = self.produce(&tier.topic, job, payload).await;
+        let out =
+            Outgoing::retry(&record, &job.trace).map_err(|e| Failure::Permanent(e.to_string()))?;
+        let result = self.produce(&tier.topic, out).await;
         if matches!(result, Err(Failure::Permanent(_))) {
             self.refused("retry");
         }
@@ -143,8 +144,9 @@ impl Outcomes {
             error: error.map(|e| shared::text::cut(e, ERROR_MAX).to_owned()),
             source: self.source(job),
         };
-        let payload = serde_json::to_vec(&record).map_err(|e| Failure::Permanent(e.to_string()))?;
-        let produced = match self.produce(&self.dlq_topic, job, payload).await {
+        let out = Outgoing::dead_letter(&record, &job.trace)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        let produced = match self.produce(&self.dlq_topic, out).await {
             Ok(()) => true,
             Err(Failure::Permanent(e)) => {
                 self.refused("dead_letter");

@@ -27,9 +27,10 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::domain::DeliveryStatus;
 use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
-use shared::kafka::{TopicCatalog, extract_trace_context, trace_headers};
+use shared::kafka::{TopicCatalog, extract_trace_context, or_new_trace};
 use shared::records::{
-    DeliveryRecord, EventEnvelope, InvalidEventRecord, RecordLimits, SchemaVersion, SourcePosition,
+    DeliveryRecord, EventEnvelope, InvalidEventRecord, Outgoing, RecordLimits, SchemaVersion,
+    SourcePosition,
 };
 
 use crate::cache::{Cache, Snapshot};
@@ -177,22 +178,19 @@ impl Fanout {
                 "fanned_out"
             };
             self.metrics.event(outcome);
-            let cx = extract_trace_context(
+            // One trace per event for all its deliveries, new when the event came without one.
+            let cx = or_new_trace(&extract_trace_context(
                 v.message
                     .headers()
                     .map(rdkafka::message::OwnedHeaders::as_borrowed),
-            );
+            ));
             for (endpoint, enabled) in targets {
                 if !enabled {
                     self.metrics.delivery(DeliveryStatus::Skipped.as_str());
                     continue;
                 }
                 let record = DeliveryRecord::first_attempt(e.into(), endpoint, None);
-                sends.push((
-                    endpoint.to_string(),
-                    serde_json::to_vec(&record)?,
-                    trace_headers(&cx, &e.tenant_id),
-                ));
+                sends.push(Outgoing::delivery(&record, &cx)?);
                 self.metrics.delivery(DeliveryStatus::Pending.as_str());
             }
         }
@@ -200,13 +198,9 @@ impl Fanout {
             self.metrics.event("duplicate");
         }
         let deliveries = self.catalog.deliveries();
-        let produced = sends.iter().map(|(key, value, headers)| {
-            let record = FutureRecord::to(deliveries)
-                .key(key)
-                .payload(value)
-                .headers(headers.clone());
-            self.send(record, deliveries)
-        });
+        let produced = sends
+            .iter()
+            .map(|o| self.send(o.to(deliveries), deliveries));
         try_join_all(produced).await?;
         try_join_all(
             invalid

@@ -59,7 +59,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         catalog: foundation.catalog.clone(),
         cache,
         metrics,
-        idempotency_window: config.gateway.idempotency_window,
+        idempotency_window: config.idempotency.window,
         produce_timeout: std::time::Duration::from_millis(u64::from(
             config.kafka.message_timeout_ms,
         )),

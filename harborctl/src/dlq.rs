@@ -3,26 +3,28 @@
 //!
 //! **Replay** re-enqueues each selected delivery on `deliveries` with its own id (the same
 //! `webhook-id`, so receivers deduplicate) and a `replay` block (replay id, reason, who, when).
-//! It is idempotent: each delivery is *claimed* (`dead_lettered` → `pending`) in the same
-//! transaction that is committed only after the broker acknowledged its record, so a second
-//! run of the same selection finds nothing left to send, two concurrent runs never send one
-//! delivery twice, and a crash mid-batch leaves the batch dead-lettered to be replayed again.
-//! `--force` also selects deliveries that were dead-lettered before and replayed since.
+//! It is idempotent: each batch of 100 is claimed, sent and committed by
+//! `shared::store::replay::resend` (claimed `dead_lettered` → `pending` in a transaction
+//! committed only after the broker acknowledged the records), so a second run of the same
+//! selection finds nothing left to send, two concurrent runs never send one delivery twice, and
+//! a crash mid-batch leaves the batch dead-lettered to be replayed again. A delivery that
+//! cannot be replayed (its stored event makes no record, or the broker refuses the record) is
+//! left dead-lettered and listed, and the command exits 1 after replaying the rest. `--force`
+//! also selects deliveries that were dead-lettered before and replayed since.
 
 #![allow(clippy::print_stdout)] // A CLI's output is its job.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use shared::Config;
 use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
-use shared::records::{DeliveryRecord, ReplayInfo};
+use shared::store::replay::{Claim, Replay, ReplayKind, Target, resend};
 
 use crate::CliError;
 use crate::output::{Progress, block, emit, table};
-use crate::replay::{Limiter, finish_replay, start_replay};
+use crate::pace::Limiter;
 
 /// Which dead letters a command is about.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -37,10 +39,10 @@ pub struct Filter {
     #[arg(long = "dead-letter-reason", id = "dead_letter_reason")]
     pub reason: Option<String>,
     /// Dead-lettered at or after (RFC 3339, or a duration ago such as `2h`).
-    #[arg(long, value_parser = crate::replay::parse_time)]
+    #[arg(long, value_parser = crate::pace::parse_time)]
     pub since: Option<DateTime<Utc>>,
     /// Dead-lettered before.
-    #[arg(long, value_parser = crate::replay::parse_time)]
+    #[arg(long, value_parser = crate::pace::parse_time)]
     pub until: Option<DateTime<Utc>>,
 }
 
@@ -125,28 +127,6 @@ async fn select(
         .await?)
 }
 
-pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CliError> {
-    use secrecy::ExposeSecret as _;
-    let mut pg: tokio_postgres::Config =
-        config.database.url.expose_secret().parse().map_err(|_| {
-            CliError::usage(
-                "database.url is not a PostgreSQL URL",
-                "see docs/configuration.md",
-            )
-        })?;
-    if let Some(schema) = &config.database.schema {
-        pg.options(format!("-csearch_path={schema}"));
-    }
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        CliError::failed(
-            format!("cannot connect to PostgreSQL: {}", shared::error_chain(&e)),
-            "check HARBORHOOK_DATABASE__URL (and that the database is up: `harborctl dev status`)",
-        )
-    })?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 const LIST_COLUMNS: &[&str] = &[
     "delivery_id",
     "endpoint_id",
@@ -163,7 +143,7 @@ pub async fn list(
     filter: &Filter,
     limit: i64,
 ) -> Result<(), CliError> {
-    let client = connect(config).await?;
+    let client = crate::db::connect(config).await?;
     let rows = select(&client, filter, false, Some(limit)).await?;
     let items: Vec<Value> = rows.iter().map(row_json).collect();
     emit(json, &json!({"data": items}), |v| {
@@ -176,7 +156,7 @@ pub async fn list(
 }
 
 pub async fn show(config: &Config, json: bool, id: DeliveryId) -> Result<(), CliError> {
-    let client = connect(config).await?;
+    let client = crate::db::connect(config).await?;
     let row = client
         .query_opt(
             &format!("SELECT {COLUMNS} FROM deliveries d WHERE d.id = $1"),
@@ -189,26 +169,11 @@ pub async fn show(config: &Config, json: bool, id: DeliveryId) -> Result<(), Cli
                 "list them with `harborctl dlq list`",
             )
         })?;
-    let attempts = client
-        .query(
-            "SELECT attempt, started_at, duration_ms, status_code, error_class, error, response_excerpt
-             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY started_at, attempt",
-            &[&id],
-        )
-        .await?;
-    let attempts: Vec<Value> = attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "attempt": a.get::<_, i32>(0), "started_at": a.get::<_, DateTime<Utc>>(1),
-                "duration_ms": a.get::<_, i32>(2), "status_code": a.get::<_, Option<i32>>(3),
-                "error_class": a.get::<_, Option<String>>(4), "error": a.get::<_, Option<String>>(5),
-                "response_excerpt": a.get::<_, Option<String>>(6),
-            })
-        })
-        .collect();
+    let attempts = shared::store::attempts::of_delivery(&client, &id)
+        .await
+        .map_err(|e| CliError::failed(format!("attempts: {}", shared::error_chain(&e)), ""))?;
     let mut v = row_json(&row);
-    v["attempt_history"] = Value::Array(attempts);
+    v["attempt_history"] = json!(attempts);
     emit(json, &v, |v| {
         let mut head = v.clone();
         let history = head
@@ -246,6 +211,9 @@ pub struct ReplayOptions {
 }
 
 const BATCH: usize = 100;
+/// How long one record may take to be acknowledged before the replay stops (and can be run
+/// again: nothing after the last committed batch was claimed).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn replay(
     config: &Config,
@@ -253,7 +221,7 @@ pub async fn replay(
     filter: &Filter,
     opts: ReplayOptions,
 ) -> Result<(), CliError> {
-    let mut client = connect(config).await?;
+    let mut client = crate::db::connect(config).await?;
     let rows = select(&client, filter, opts.force, opts.limit).await?;
     if opts.dry_run {
         let sample: Vec<Value> = rows.iter().take(5).map(row_json).collect();
@@ -274,118 +242,70 @@ pub async fn replay(
     }
     let ids: Vec<DeliveryId> = rows.iter().map(|r| r.get(0)).collect();
     let producer = shared::kafka::producer(&config.kafka, "harborctl")?;
-    let topic = shared::kafka::TopicCatalog::new(config)
-        .deliveries()
-        .to_owned();
-    let replay_id = start_replay(
+    let catalog = shared::kafka::TopicCatalog::new(config);
+    let target = Target {
+        producer: &producer,
+        topic: catalog.deliveries(),
+        timeout: SEND_TIMEOUT,
+    };
+    let replay = Replay::start(
         &client,
-        "dlq",
+        ReplayKind::Dlq,
         filter.tenant_id,
         &opts.by,
         &opts.reason,
         &filter.to_json(),
     )
     .await?;
-    let info = ReplayInfo {
-        replay_id: replay_id.to_string(),
-        reason: opts.reason.clone(),
-        requested_by: opts.by.clone(),
-        replayed_at: Utc::now(),
+    let claim = if opts.force {
+        Claim::Any
+    } else {
+        Claim::DeadLettered
     };
     let limiter = Limiter::new(opts.rate);
     let mut progress = Progress::new(ids.len(), json);
     let mut sent = 0usize;
+    let mut refused = Vec::new();
     for chunk in ids.chunks(BATCH) {
         let tx = client.transaction().await?;
-        let claimed = tx
-            .query(
-                &format!(
-                    "UPDATE deliveries d SET status = 'pending', updated_at = now()
-                     FROM events e
-                     WHERE d.id = ANY($1) AND e.id = d.event_id AND e.tenant_id = d.tenant_id AND ({})
-                     RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.event_type, e.payload, e.created_at",
-                    if opts.force { "true" } else { "d.status = 'dead_lettered'" }
-                ),
-                &[&chunk],
-            )
-            .await?;
-        for r in &claimed {
-            limiter.wait().await;
-            let payload = shared::payload::Payload::stored(
-                serde_json::value::RawValue::from_string(r.get(5))
-                    .map_err(|e| CliError::failed(format!("stored payload: {e}"), ""))?,
-            );
-            let event_type: shared::domain::EventType = r
-                .get::<_, String>(4)
-                .parse()
-                .map_err(|e| CliError::failed(format!("stored event type: {e}"), ""))?;
-            let record = DeliveryRecord::first_attempt(
-                shared::records::EventRef {
-                    event_id: r.get(3),
-                    tenant_id: r.get(1),
-                    event_type: &event_type,
-                    payload: &payload,
-                    occurred_at: r.get(6),
-                },
-                r.get(2),
-                Some(info.clone()),
-            );
-            send(&producer, &topic, &record).await?;
-        }
-        tx.execute(
-            "UPDATE replays SET count = count + $2 WHERE id = $1",
-            &[&replay_id, &(claimed.len() as i32)],
-        )
-        .await?;
+        let done = resend(&tx, &replay, chunk, claim, target, &limiter).await?;
+        replay.count(&tx, done.sent.len()).await?;
         // Only now: the records are on the broker, so the claim may become visible.
         tx.commit().await?;
-        sent += claimed.len();
+        sent += done.sent.len();
+        refused.extend(done.refused);
         progress.advance(chunk.len());
     }
     progress.finish();
-    finish_replay(&client, replay_id).await?;
+    replay.finish(&client).await?;
+    let replay_id = replay.id;
+    let refused_json: Vec<Value> = refused
+        .iter()
+        .map(|(id, why)| json!({"delivery_id": id, "reason": why.to_string()}))
+        .collect();
     let summary = json!({
         "replay_id": replay_id, "selected": ids.len(), "replayed": sent,
-        "skipped": ids.len() - sent, "seconds": progress.elapsed_secs(),
+        "skipped": ids.len() - sent - refused.len(), "refused": refused_json,
+        "seconds": progress.elapsed_secs(),
     });
     emit(json, &summary, |v| {
-        format!(
+        let mut text = format!(
             "replayed {} of {} selected deliveries ({} already replayed elsewhere) in {:.1} s; replay id {}",
             v["replayed"],
             v["selected"],
             v["skipped"],
             progress.elapsed_secs(),
             replay_id
-        )
+        );
+        for (id, why) in &refused {
+            text.push_str(&format!("\nnot replayed: {id}: {why}"));
+        }
+        text
     });
-    Ok(())
-}
-
-pub async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    record: &DeliveryRecord,
-) -> Result<(), CliError> {
-    let value = serde_json::to_vec(record).map_err(|e| CliError::failed(e.to_string(), ""))?;
-    let key = record.endpoint_id.to_string();
-    // The headers every record on `deliveries` carries (docs/kafka.md): a fresh trace for the
-    // replay, and the tenant.
-    let headers =
-        shared::kafka::trace_headers(&shared::telemetry::current_context(), &record.tenant_id);
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(&key)
-                .payload(&value)
-                .headers(headers),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| {
-            CliError::failed(
-                format!("producing to {topic}: {e}"),
-                "the broker is unreachable; nothing after the last committed batch was replayed — run the same command again",
-            )
-        })?;
-    Ok(())
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        // Said above; the exit code tells scripts that some were left dead-lettered.
+        Err(CliError::silent(1))
+    }
 }

@@ -9,12 +9,16 @@ use shared::Config;
 
 mod api;
 mod bench;
+mod config_check;
+mod db;
+mod dev;
 mod dlq;
+mod events_replay;
+mod migrate;
 mod output;
+mod pace;
 mod produce;
 mod receiver;
-mod replay;
-mod stack;
 mod token;
 mod topics;
 mod verify;
@@ -65,6 +69,31 @@ impl From<tokio_postgres::Error> for CliError {
             format!("database: {}", shared::error_chain(&e)),
             "check that migrations are applied (`harborctl migrate`) and PostgreSQL is up",
         )
+    }
+}
+
+impl From<shared::store::replay::ReplayError> for CliError {
+    fn from(e: shared::store::replay::ReplayError) -> Self {
+        use shared::store::replay::ReplayError as E;
+        match &e {
+            E::Text { field, .. } => Self::usage(
+                e.to_string(),
+                match *field {
+                    "reason" => {
+                        "pass --reason '…': a sentence or two of plain text (it is recorded)"
+                    }
+                    _ => "pass --by: a name, on one line",
+                },
+            ),
+            E::Database(_) => Self::failed(
+                format!("database: {}", shared::error_chain(&e)),
+                "check that PostgreSQL is up; nothing after the last committed batch was replayed — run the same command again",
+            ),
+            E::Unavailable { .. } => Self::failed(
+                shared::error_chain(&e),
+                "the broker is unreachable; nothing after the last committed batch was replayed — run the same command again",
+            ),
+        }
     }
 }
 
@@ -210,10 +239,10 @@ enum EventsCommand {
         #[command(flatten)]
         replay: ReplayArgs,
         /// From (RFC 3339, or a duration ago such as `2h`).
-        #[arg(long, value_parser = replay::parse_time)]
+        #[arg(long, value_parser = pace::parse_time)]
         since: chrono::DateTime<chrono::Utc>,
         /// Until, exclusive (default: now).
-        #[arg(long, value_parser = replay::parse_time)]
+        #[arg(long, value_parser = pace::parse_time)]
         until: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long = "tenant-id")]
         tenant_id: Option<shared::ids::TenantId>,
@@ -365,15 +394,15 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
     let json = cli.json;
     let api = || api::Api::new(&cli.conn);
     match cli.command {
-        Command::Migrate => Ok(stack::migrate(&config, json).await?),
+        Command::Migrate => Ok(migrate::migrate(&config, json).await?),
         Command::Topics { command } => match command {
-            TopicsCommand::Ensure => Ok(stack::ensure(&config, json).await?),
-            TopicsCommand::List => Ok(stack::list_topics(&config, json)?),
+            TopicsCommand::Ensure => Ok(topics::ensure(&config, json).await?),
+            TopicsCommand::List => Ok(topics::list_topics(&config, json)?),
             TopicsCommand::Describe => topics::describe(&config, json).await,
         },
         Command::Config {
             command: ConfigCommand::Check,
-        } => Ok(stack::check_config(&config, json)?),
+        } => Ok(config_check::check_config(&config, json)?),
         Command::Endpoints { command } => api::endpoints(&api()?, json, command).await,
         Command::Subscriptions { command } => api::subscriptions(&api()?, json, command).await,
         Command::Deliveries { command } => api::deliveries(&api()?, json, command).await,
@@ -398,7 +427,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
                 event_type,
                 endpoint,
             } => {
-                let r = replay::EventsReplay {
+                let r = events_replay::EventsReplay {
                     since,
                     until: until.unwrap_or_else(chrono::Utc::now),
                     tenant: tenant_id,
@@ -410,7 +439,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
                     by: replay.by(),
                     reason: replay.reason,
                 };
-                replay::events(&config, json, r).await
+                events_replay::events(&config, json, r).await
             }
         },
         Command::Dlq { command } => match command {
@@ -450,7 +479,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
                 token::issue(&config, &keys_dir, tenant, operator, ttl, &subject, json)
             }
         }?),
-        Command::Dev { command } => stack::dev(match command {
+        Command::Dev { command } => dev::dev(match command {
             DevCommand::Up => "up",
             DevCommand::Down => "down",
             DevCommand::Status => "status",

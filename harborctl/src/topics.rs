@@ -1,20 +1,88 @@
-//! `topics describe`: each topic of the catalog as the broker has it (partitions, retention)
-//! and the lag of each service's consumer group, per partition.
+//! `topics ensure|list|describe`: creates the catalog's missing topics, prints the catalog,
+//! and shows each topic as the broker has it (partitions, retention) with the lag of each
+//! service's consumer group, per partition.
 
 #![allow(clippy::print_stdout)] // A CLI's output is its job.
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use shared::Config;
-use shared::kafka::{Principal, TopicCatalog};
+use shared::kafka::{self, Principal, TopicCatalog};
 
 use crate::CliError;
 use crate::output::{emit, table};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn ensure(config: &Config, json: bool) -> anyhow::Result<()> {
+    let admin = kafka::admin(&config.kafka, "harborctl")?;
+    let catalog = TopicCatalog::new(config);
+    let report = kafka::ensure_topics(&admin, &catalog, ADMIN_TIMEOUT)
+        .await
+        .with_context(|| {
+            format!(
+                "ensuring topics on {} (is the broker running?)",
+                config.kafka.bootstrap
+            )
+        })?;
+    if json {
+        print_json(&json!(report))?;
+    } else {
+        for name in &report.created {
+            println!("created   {name}");
+        }
+        for name in &report.existing {
+            println!("exists    {name}");
+        }
+        for m in &report.mismatched {
+            println!(
+                "MISMATCH  {}: {} partitions, configuration says {}",
+                m.topic, m.actual, m.expected
+            );
+        }
+    }
+    anyhow::ensure!(
+        report.mismatched.is_empty(),
+        "{} topic(s) differ from the configured partition count; see docs/kafka.md",
+        report.mismatched.len()
+    );
+    Ok(())
+}
+
+pub fn list_topics(config: &Config, json: bool) -> anyhow::Result<()> {
+    let catalog = TopicCatalog::new(config);
+    if json {
+        return print_json(&json!(catalog.specs()));
+    }
+    println!(
+        "{:<50} {:>10} {:>14}  CLEANUP",
+        "TOPIC", "PARTITIONS", "RETENTION"
+    );
+    for s in catalog.specs() {
+        let retention = humanize(Duration::from_millis(
+            u64::try_from(s.retention_ms).unwrap_or(0),
+        ));
+        println!(
+            "{:<50} {:>10} {:>14}  {}",
+            s.name, s.partitions, retention, s.cleanup_policy
+        );
+    }
+    Ok(())
+}
+
+fn humanize(d: Duration) -> String {
+    kafka::tier_name(d)
+}
 
 /// The service group that consumes `topic`, as `shared::kafka::access` declares it (the same
 /// declaration the services subscribe from and the KafkaUser ACLs are checked against).

@@ -157,6 +157,33 @@ impl From<tokio_postgres::Error> for ApiError {
     }
 }
 
+impl From<shared::store::RowError> for ApiError {
+    fn from(e: shared::store::RowError) -> Self {
+        match e {
+            shared::store::RowError::Column(e) => e.into(),
+            // A stored row the API could not have written: ours, not the request's.
+            e @ shared::store::RowError::Invalid { .. } => Self::internal(e),
+        }
+    }
+}
+
+impl From<shared::store::replay::ReplayError> for ApiError {
+    fn from(e: shared::store::replay::ReplayError) -> Self {
+        use shared::store::replay::ReplayError as E;
+        match e {
+            E::Text { field, source } => Self::invalid(field, source),
+            E::Database(e) => e.into(),
+            E::Unavailable { .. } => {
+                tracing::warn!(error = %shared::error_chain(&e), "replay produce failed");
+                Self::Unavailable {
+                    message: "the delivery log is unavailable; retry".into(),
+                    retry_after_secs: 2,
+                }
+            }
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         shared::db::DbError::Pool(e).into()

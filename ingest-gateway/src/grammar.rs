@@ -1,5 +1,5 @@
 //! The grammar of request values that JSON Schema can state: the OpenAPI document
-//! (`scripts/gen/openapi.py`) carries these same patterns, and `tests/openapi.rs` checks that
+//! (`scripts/gen/openapi.py`) carries these same patterns, and `tests/it/openapi.rs` checks that
 //! they are the ones the server enforces, so a client generating requests from the document
 //! (and schemathesis, in CI) finds exactly what the server accepts.
 

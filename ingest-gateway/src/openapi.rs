@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document (`schemas/openapi.yaml`), compiled in and served as JSON at
-//! `/openapi.json`. `tests/openapi.rs` checks it against the router route by route.
+//! `/openapi.json`. `tests/it/openapi.rs` checks it against the router route by route.
 
 use std::sync::OnceLock;
 

@@ -14,7 +14,7 @@
 //!   deliveries identical: receivers see one `webhook-id`.
 //!
 //! A key reused within the window for a different request (another type or payload) is a 422.
-//! After the window (`gateway.idempotency_window`) the key starts a new event.
+//! After the window (`idempotency.window`) the key starts a new event.
 //!
 //! **What is accepted** is what the pipeline can carry to the receiver unchanged (docs/api.md):
 //! the payload is kept as the JSON text sent (shared::payload) and must fit every record it can
@@ -29,14 +29,12 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use shared::domain::EventType;
 use shared::ids::{EventId, TenantId};
-use shared::kafka::trace_headers;
 use shared::payload::Payload;
-use shared::records::{EventEnvelope, SchemaVersion, check_key};
+use shared::records::{EventEnvelope, Outgoing, SchemaVersion, check_key};
 
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::TenantLabel;
@@ -139,7 +137,7 @@ enum Claim {
 /// Claims `(tenant, key)` for this request (see the module docs).
 async fn claim(state: &AppState, tenant: &TenantId, key: &str, hash: &str) -> ApiResult<Claim> {
     let window =
-        chrono::Duration::from_std(state.config.idempotency_window).map_err(ApiError::internal)?;
+        chrono::Duration::from_std(state.idempotency_window).map_err(ApiError::internal)?;
     let stale =
         chrono::Duration::from_std(state.config.publish_timeout * 2).map_err(ApiError::internal)?;
     let deadline = Instant::now() + state.config.publish_timeout;
@@ -286,13 +284,9 @@ pub async fn publish(
 }
 
 async fn produce(state: &AppState, envelope: &EventEnvelope) -> ApiResult<()> {
-    let value = serde_json::to_vec(envelope).map_err(ApiError::internal)?;
-    let key = envelope.kafka_key();
-    let headers = trace_headers(&shared::telemetry::current_context(), &envelope.tenant_id);
-    let record = FutureRecord::to(state.catalog.events())
-        .key(&key)
-        .payload(&value)
-        .headers(headers);
+    let outgoing = Outgoing::event(envelope, &shared::telemetry::current_context())
+        .map_err(ApiError::internal)?;
+    let record = outgoing.to(state.catalog.events());
     let start = Instant::now();
     // The producer's own message timeout equals the publish timeout; the outer timeout only
     // guards against a report that never comes.

@@ -28,6 +28,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// The largest payload the pipeline carries (shared::records::limits).
     pub limits: shared::records::RecordLimits,
+    /// How long a (tenant, idempotency key) maps to its first event (`idempotency.window`).
+    pub idempotency_window: std::time::Duration,
     limiter: DefaultKeyedRateLimiter<String>,
 }
 
@@ -49,6 +51,7 @@ impl AppState {
         metrics: Metrics,
     ) -> Self {
         let limits = config.record_limits();
+        let idempotency_window = config.idempotency.window;
         let config = config.gateway.clone();
         let rate = NonZeroU32::new(config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
@@ -62,6 +65,7 @@ impl AppState {
             verifier,
             metrics,
             limits,
+            idempotency_window,
             limiter,
         }))
     }

@@ -33,13 +33,14 @@ use std::time::Duration;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use shared::kafka::{Generations, Rebalancing, commit};
 use shared::liveness::Heartbeat;
 use shared::records::{
-    DeadLetterReason, DeadLetterRecord, ERROR_MAX, RetryRecord, SchemaVersion, SourcePosition,
+    DeadLetterReason, DeadLetterRecord, ERROR_MAX, Outgoing, RetryRecord, SchemaVersion,
+    SourcePosition,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -165,19 +166,11 @@ impl Scheduler {
         if record.due_at > now {
             return Some((record.due_at - now).to_std().unwrap_or_default());
         }
-        let key = record.delivery.endpoint_id.to_string();
-        let headers = m.headers().map_or_else(OwnedHeaders::new, |h| {
-            h.iter()
-                .fold(OwnedHeaders::new_with_capacity(h.count()), |acc, h| {
-                    acc.insert(h)
-                })
-        });
+        // The trace the record carries continues; the tenant header is the record's own.
+        let cx = shared::kafka::extract_trace_context(m.headers());
         self.heartbeat.busy(true);
-        let sent = match serde_json::to_vec(&record.delivery) {
-            Ok(value) => {
-                self.send(&self.deliveries_topic, &key, &value, &headers, shutdown)
-                    .await
-            }
+        let sent = match Outgoing::delivery(&record.delivery, &cx) {
+            Ok(o) => self.send(&self.deliveries_topic, &o, shutdown).await,
             Err(e) => Sent::Refused(format!("re-encoding the delivery: {e}")),
         };
         let done = match sent {
@@ -190,10 +183,7 @@ impl Scheduler {
                 self.metrics.reenqueued.get_or_create(&Tier { tier }).inc();
                 true
             }
-            Sent::Refused(why) => {
-                self.undeliverable(m, record, &key, &headers, &why, shutdown)
-                    .await
-            }
+            Sent::Refused(why) => self.undeliverable(m, record, &cx, &why, shutdown).await,
             // Not stored: handled again after restart.
             Sent::Shutdown => false,
         };
@@ -206,21 +196,14 @@ impl Scheduler {
     }
 
     /// Produces until acknowledged, refused for good, or shutdown.
-    async fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        value: &[u8],
-        headers: &OwnedHeaders,
-        shutdown: &CancellationToken,
-    ) -> Sent {
+    async fn send(&self, topic: &str, record: &Outgoing, shutdown: &CancellationToken) -> Sent {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let record = FutureRecord::to(topic)
-                .key(key)
-                .payload(value)
-                .headers(headers.clone());
-            match self.producer.send(record, self.produce_timeout).await {
+            match self
+                .producer
+                .send(record.to(topic), self.produce_timeout)
+                .await
+            {
                 Ok(_) => return Sent::Acked,
                 Err((e, _)) if shared::kafka::permanent(&e) => {
                     return Sent::Refused(format!(
@@ -248,8 +231,7 @@ impl Scheduler {
         &self,
         m: &BorrowedMessage<'_>,
         record: RetryRecord,
-        key: &str,
-        headers: &OwnedHeaders,
+        cx: &shared::kafka::TraceContext,
         why: &str,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -278,11 +260,11 @@ impl Scheduler {
             error: Some(shared::text::cut(why, ERROR_MAX).to_owned()),
             source: source.clone(),
         };
-        let value = serde_json::to_vec(&dead).unwrap_or_default();
-        match self
-            .send(&self.dlq_topic, key, &value, headers, shutdown)
-            .await
-        {
+        let sent = match Outgoing::dead_letter(&dead, cx) {
+            Ok(o) => self.send(&self.dlq_topic, &o, shutdown).await,
+            Err(e) => Sent::Refused(format!("encoding the dead letter: {e}")),
+        };
+        match sent {
             Sent::Acked => {}
             Sent::Shutdown => return false,
             Sent::Refused(e) => {

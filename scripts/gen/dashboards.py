@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the Grafana dashboards under deploy/monitoring/dashboards/. They are kept here as data
 (panel title, unit, queries) because the JSON model is mostly repetition (grid positions,
-datasource, legend options); edit this file, run it, and commit both. harborctl/tests/deploy.rs
+datasource, legend options); edit this file, run it, and commit both. platform-tests/tests/it/deploy.rs
 checks that every metric a panel queries is registered by a service."""
 import json, pathlib
 

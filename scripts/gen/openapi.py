@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Writes schemas/openapi.yaml. The document is maintained here as data because most of it is
 repetition (tenant path parameter, error responses, pagination); edit this file, run it, and
-commit both. ingest-gateway/tests/openapi.rs keeps the document and the router in agreement and
+commit both. ingest-gateway/tests/it/openapi.rs keeps the document and the router in agreement and
 validates every example against its schema."""
 import yaml, pathlib
 
 ID = lambda p, d: {"type": "string", "pattern": f"^{p}_[0-9a-f]{{32}}$", "description": d}
 
-# The grammar the server enforces (ingest-gateway/src/grammar.rs); tests/openapi.rs checks that
+# The grammar the server enforces (ingest-gateway/src/grammar.rs); tests/it/openapi.rs checks that
 # each pattern here is the server's, character for character.
 URL_PATTERN = (r"^https?://"
     r"(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -52,6 +52,25 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub scheduler: OpsConfig,
     pub liveness: LivenessConfig,
+    pub idempotency: IdempotencyConfig,
+}
+
+/// Idempotency keys, honoured alike by the gateway (API publishes) and the fan-out (direct
+/// producers' envelopes), so the setting belongs to neither.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a (tenant, idempotency key) maps to its first event.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,9 +242,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
-    /// How long a (tenant, idempotency key) maps to its first event.
-    #[serde(deserialize_with = "duration")]
-    pub idempotency_window: Duration,
+    /// Deprecated alias of `idempotency.window` (read when set; `from_figment` moves it there).
+    #[serde(deserialize_with = "optional_duration")]
+    pub idempotency_window: Option<Duration>,
     /// How long a publish waits for the broker's acknowledgement before answering 503.
     #[serde(deserialize_with = "duration")]
     pub publish_timeout: Duration,
@@ -246,7 +265,7 @@ impl Default for GatewayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
-            idempotency_window: Duration::from_secs(24 * 3600),
+            idempotency_window: None,
             publish_timeout: Duration::from_secs(5),
             https_only: false,
             secret_rotation_overlap: Duration::from_secs(24 * 3600),
@@ -434,6 +453,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             scheduler: OpsConfig::on_port(9103),
             liveness: LivenessConfig::default(),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -483,6 +503,18 @@ impl Config {
             };
             invalid(&key, reason)
         })?;
+        // The old key still works where the new one is not set; both set to different values
+        // is a mistake to report, not to resolve silently.
+        if let Some(old) = config.gateway.idempotency_window.take() {
+            if figment.find_value("idempotency.window").is_err() {
+                config.idempotency.window = old;
+            } else if config.idempotency.window != old {
+                return Err(invalid(
+                    "gateway.idempotency_window",
+                    "deprecated alias of idempotency.window, and both are set to different values: keep only idempotency.window",
+                ));
+            }
+        }
         if config.telemetry.otlp_endpoint.is_none() {
             config.telemetry.otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .ok()
@@ -760,7 +792,7 @@ impl Config {
                 DAY,
             ),
             ("retry.jitter_max", self.retry.jitter_max, DAY),
-            ("gateway.idempotency_window", g.idempotency_window, 30 * DAY),
+            ("idempotency.window", self.idempotency.window, 30 * DAY),
             ("gateway.publish_timeout", g.publish_timeout, 3600),
             (
                 "gateway.secret_rotation_overlap",
@@ -882,6 +914,10 @@ fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// A list of strings, as a TOML/figment array or a comma-separated string (one environment

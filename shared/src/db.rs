@@ -39,7 +39,7 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// Every migration, in order. `tests/migrations.rs` checks that this lists each file in
+/// Every migration, in order. `tests/it/migrations.rs` checks that this lists each file in
 /// `schemas/sql/` exactly once.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {

@@ -290,6 +290,15 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every status, as the `deliveries.status` CHECK lists them (tests/it/protocol.rs).
+    pub const ALL: [Self; 5] = [
+        Self::Pending,
+        Self::Delivered,
+        Self::Retrying,
+        Self::DeadLettered,
+        Self::Skipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",

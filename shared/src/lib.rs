@@ -1,5 +1,6 @@
-//! Harborhook's shared foundation: configuration, typed ids, domain and record types, Kafka and
-//! PostgreSQL clients, telemetry, the ops endpoints and graceful shutdown.
+//! Harborhook's shared foundation: configuration, typed ids, domain and record types (and how
+//! records go on the wire), Kafka and PostgreSQL clients, the rows several crates share
+//! (`store`: endpoints, attempts, replays), telemetry, the ops endpoints and graceful shutdown.
 
 pub mod config;
 pub mod config_watch;
@@ -15,6 +16,7 @@ pub mod records;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
+pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;

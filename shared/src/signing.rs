@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac as _};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 
 use crate::domain::SigningSecret;
@@ -42,7 +42,13 @@ pub fn legacy_signature(secrets: &[&SigningSecret], ts: i64, body: &[u8]) -> Str
             let mut m = mac(s);
             m.update(body);
             m.update(ts.to_string().as_bytes());
-            format!("sha256={:x}", m.finalize().into_bytes())
+            let hex: String = m
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("sha256={hex}")
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -6,14 +6,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
-use shared::kafka::trace_headers;
-use shared::records::{DeliveryRecord, EventRef, REASON_MAX, ReplayInfo};
+use shared::records::REASON_MAX;
+use shared::store::replay::{Claim, Refusal, Replay, ReplayError, ReplayKind, Target, resend};
 use tokio_postgres::Row;
-use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -181,25 +179,7 @@ pub async fn attempts(
     let id: DeliveryId = parse_id(&delivery, "delivery")?;
     load(&state, &principal, &id).await?;
     let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT attempt, started_at, duration_ms, status_code, error_class, error, response_excerpt
-             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY started_at, attempt",
-            &[&id],
-        )
-        .await?;
-    let mut data = Vec::with_capacity(rows.len());
-    for r in &rows {
-        data.push(json!({
-            "attempt": r.try_get::<_, i32>(0)?,
-            "started_at": r.try_get::<_, DateTime<Utc>>(1)?,
-            "duration_ms": r.try_get::<_, i32>(2)?,
-            "status_code": r.try_get::<_, Option<i32>>(3)?,
-            "error_class": r.try_get::<_, Option<String>>(4)?,
-            "error": r.try_get::<_, Option<String>>(5)?,
-            "response_excerpt": r.try_get::<_, Option<String>>(6)?,
-        }));
-    }
+    let data = shared::store::attempts::of_delivery(&**client, &id).await?;
     Ok(Json(json!({"data": data})))
 }
 
@@ -229,9 +209,9 @@ pub async fn action(
         REASON_MAX,
         shared::text::Lines::Multi,
     )?;
-    let reason = body.reason.trim();
     let delivery = load(&state, &principal, &id).await?;
-    let event = load_event(
+    // The event must still be readable by this caller (and unambiguous).
+    load_event(
         &state,
         &principal,
         &delivery.event_id,
@@ -240,82 +220,58 @@ pub async fn action(
     .await?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    tx.query_opt(
-        "SELECT 1 FROM endpoints WHERE id = $1",
-        &[&delivery.endpoint_id],
-    )
-    .await?
-    .ok_or_else(|| ApiError::Conflict("the delivery's endpoint no longer exists".into()))?;
-    let replay_id = Uuid::now_v7();
-    let filter = json!({"delivery_id": id});
-    tx.execute(
-        "INSERT INTO replays (id, tenant_id, requested_by, reason, filter, count) VALUES ($1, $2, $3, $4, $5, 1)",
-        &[&replay_id, &delivery.tenant_id, &principal.subject, &reason, &filter],
+    let replay = Replay::start(
+        &*tx,
+        ReplayKind::Delivery,
+        Some(delivery.tenant_id),
+        &principal.subject,
+        &body.reason,
+        &json!({"delivery_id": id}),
     )
     .await?;
-    tx.execute(
-        "UPDATE deliveries SET status = $2, updated_at = now() WHERE id = $1",
-        &[&id, &shared::domain::DeliveryStatus::Pending.as_str()],
-    )
-    .await?;
-    let event_type: shared::domain::EventType =
-        event.event_type().parse().map_err(ApiError::internal)?;
-    let payload = event.payload();
-    let replay = ReplayInfo {
-        replay_id: replay_id.to_string(),
-        reason: reason.to_owned(),
-        requested_by: principal.subject.clone(),
-        replayed_at: Utc::now(),
+    let producer = state.producer();
+    let target = Target {
+        producer: &producer,
+        topic: state.catalog.deliveries(),
+        timeout: state.config.publish_timeout,
     };
-    let record = DeliveryRecord::first_attempt(
-        EventRef {
-            event_id: delivery.event_id,
-            tenant_id: delivery.tenant_id,
-            event_type: &event_type,
-            payload: &payload,
-            occurred_at: event.created_at(),
-        },
-        delivery.endpoint_id,
-        Some(replay),
-    );
-    let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
-    let key = delivery.endpoint_id.to_string();
-    let headers = trace_headers(&shared::telemetry::current_context(), &delivery.tenant_id);
-    state
-        .producer()
-        .send(
-            FutureRecord::to(state.catalog.deliveries())
-                .key(&key)
-                .payload(&value)
-                .headers(headers),
-            state.config.publish_timeout,
-        )
-        .await
-        .map_err(|(e, _)| {
-            // The record itself refused (its size against a broker limit below the
-            // producer's): retrying cannot help, so not a 503; the transaction rolls back.
-            if shared::kafka::permanent(&e) {
-                tracing::warn!(delivery_id = %id, error = %e, "the broker refused the replayed delivery");
-                return ApiError::Unprocessable {
-                    message: format!("the delivery log refused the delivery record ({e})"),
-                    details: Vec::new(),
-                };
+    let resent = match resend(&tx, &replay, &[id], Claim::Any, target, &()).await {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, ReplayError::Unavailable { .. }) {
+                state.replace_producer_if_fatal();
             }
-            tracing::warn!(delivery_id = %id, error = %e, "replay produce failed");
-            state.replace_producer_if_fatal();
-            ApiError::Unavailable {
-                message: "the delivery log is unavailable; retry".into(),
-                retry_after_secs: 2,
-            }
-        })?;
+            return Err(e.into());
+        }
+    };
+    match resent.refused.first() {
+        None if resent.sent.is_empty() => return Err(ApiError::NotFound("delivery")),
+        None => {}
+        Some((_, Refusal::EndpointGone)) => {
+            return Err(ApiError::Conflict(
+                "the delivery's endpoint no longer exists".into(),
+            ));
+        }
+        // Retrying cannot help, so not a 503; the transaction rolls back.
+        Some((_, why @ Refusal::BrokerRefused(_))) => {
+            return Err(ApiError::Unprocessable {
+                message: format!("the delivery cannot be replayed: {why}"),
+                details: Vec::new(),
+            });
+        }
+        // A stored row the platform could not have written: ours, not the caller's.
+        Some((_, why @ Refusal::Unbuildable(_))) => return Err(ApiError::internal(why.clone())),
+    }
+    replay.count(&*tx, resent.sent.len()).await?;
+    replay.finish(&*tx).await?;
     // Produced: record it. Should this commit fail, the replay happened unrecorded; say so.
     if let Err(e) = tx.commit().await {
-        tracing::error!(delivery_id = %id, replay_id = %replay_id, error = %e, "replay sent but not recorded");
+        tracing::error!(delivery_id = %id, replay_id = %replay.id, error = %e, "replay sent but not recorded");
     }
-    tracing::info!(delivery_id = %id, replay_id = %replay_id, by = %principal.subject, "delivery replayed");
+    tracing::info!(delivery_id = %id, replay_id = %replay.id, by = %principal.subject, "delivery replayed");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"delivery_id": id, "replay_id": replay_id.to_string()})),
+        Json(json!({"delivery_id": id, "replay_id": replay.id.to_string()})),
     ))
 }
 

@@ -42,38 +42,39 @@ pub struct EndpointView {
     signature_scheme: SignatureScheme,
     enabled: bool,
     disabled_reason: Option<String>,
-    max_in_flight: i32,
+    max_in_flight: u32,
     rate_limit_per_sec: Option<f64>,
-    connect_timeout_ms: i32,
-    timeout_ms: i32,
+    connect_timeout_ms: u32,
+    timeout_ms: u32,
     headers: BTreeMap<String, String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, tenant_id, url, description, signature_scheme, enabled, disabled_reason, \
-    max_in_flight, rate_limit_per_sec, connect_timeout_ms, timeout_ms, headers, created_at, updated_at";
+/// The endpoint columns (shared::store::endpoints: one mapping for the API and the
+/// delivery-consumer).
+const COLUMNS: &str = shared::store::endpoints::COLUMNS;
 
 impl TryFrom<&Row> for EndpointView {
     type Error = ApiError;
     fn try_from(row: &Row) -> Result<Self, ApiError> {
-        let scheme: String = row.try_get("signature_scheme")?;
-        let headers: serde_json::Value = row.try_get("headers")?;
+        // Secrets are never part of the view (only `GET …/secret` shows them).
+        let e = shared::store::endpoints::from_row(row)?;
         Ok(Self {
-            id: row.try_get("id")?,
-            tenant_id: row.try_get("tenant_id")?,
-            url: row.try_get("url")?,
-            description: row.try_get("description")?,
-            signature_scheme: scheme.parse().map_err(ApiError::internal)?,
-            enabled: row.try_get("enabled")?,
-            disabled_reason: row.try_get("disabled_reason")?,
-            max_in_flight: row.try_get("max_in_flight")?,
-            rate_limit_per_sec: row.try_get("rate_limit_per_sec")?,
-            connect_timeout_ms: row.try_get("connect_timeout_ms")?,
-            timeout_ms: row.try_get("timeout_ms")?,
-            headers: serde_json::from_value(headers).map_err(ApiError::internal)?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            id: e.id,
+            tenant_id: e.tenant_id,
+            url: e.url,
+            description: e.description,
+            signature_scheme: e.signature_scheme,
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason,
+            max_in_flight: e.max_in_flight,
+            rate_limit_per_sec: e.rate_limit_per_sec,
+            connect_timeout_ms: e.connect_timeout_ms,
+            timeout_ms: e.timeout_ms,
+            headers: e.headers,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
         })
     }
 }

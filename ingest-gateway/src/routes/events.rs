@@ -142,20 +142,6 @@ impl TryFrom<&Row> for EventView {
     }
 }
 
-impl EventView {
-    pub fn event_type(&self) -> &str {
-        &self.event_type
-    }
-
-    pub fn payload(&self) -> shared::payload::Payload {
-        shared::payload::Payload::stored(self.payload.clone())
-    }
-
-    pub fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
-    }
-}
-
 const COLUMNS: &str =
     "id, tenant_id, event_type, payload, idempotency_key, ordering_key, created_at";
 

@@ -1,7 +1,7 @@
 //! What each Kafka principal reads, writes and joins: the one statement of it.
 //!
 //! The consuming services take their subscription and consumer group from here, and
-//! `harborctl/tests/deploy.rs` checks that every Strimzi `KafkaUser` in `deploy/` grants exactly
+//! `platform-tests/tests/it/deploy.rs` checks that every Strimzi `KafkaUser` in `deploy/` grants exactly
 //! this (Read and Describe on topics read, Write and Describe on topics written, Read on groups
 //! joined, Describe on groups only looked at) and nothing else. A service that starts using a
 //! topic without saying so here fails that test instead of failing in production with

@@ -7,6 +7,9 @@
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 
@@ -50,10 +53,28 @@ impl Extractor for HeaderReader<'_> {
     }
 }
 
-/// Headers for a record: the trace context of `cx` (`traceparent`, `tracestate`) and the tenant.
+/// `cx`, or a new trace when `cx` carries no valid span: a CLI that installs no tracing, or a
+/// direct producer's event that came without headers. Every record then carries the
+/// `traceparent` docs/kafka.md promises, and what happens to it from here on is one trace.
+pub fn or_new_trace(cx: &Context) -> Context {
+    if cx.span().span_context().is_valid() {
+        return cx.clone();
+    }
+    let span = SpanContext::new(
+        TraceId::from_bytes(rand::random::<u128>().max(1).to_be_bytes()),
+        SpanId::from_bytes(rand::random::<u64>().max(1).to_be_bytes()),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    Context::new().with_remote_span_context(span)
+}
+
+/// Headers for a record: the trace context of `cx` (`traceparent`, `tracestate`; a new trace
+/// when `cx` has none, [`or_new_trace`]) and the tenant.
 pub fn trace_headers(cx: &Context, tenant: &TenantId) -> OwnedHeaders {
     let mut writer = HeaderWriter(Vec::with_capacity(2));
-    TraceContextPropagator::new().inject_context(cx, &mut writer);
+    TraceContextPropagator::new().inject_context(&or_new_trace(cx), &mut writer);
     let tenant = tenant.to_string();
     let mut headers = OwnedHeaders::new_with_capacity(writer.0.len() + 1);
     for (key, value) in &writer.0 {

@@ -27,8 +27,12 @@ pub mod rebalance;
 mod topics;
 
 pub use access::{KafkaAccess, Principal, access, group_id};
-pub use headers::{TENANT_HEADER, TRACEPARENT_HEADER, extract_trace_context, trace_headers};
+pub use headers::{
+    TENANT_HEADER, TRACEPARENT_HEADER, extract_trace_context, or_new_trace, trace_headers,
+};
 pub use lag::{LAG_INTERVAL, partition_lag, report_lag};
+/// The trace context records carry (so crates need not depend on opentelemetry for it).
+pub use opentelemetry::Context as TraceContext;
 pub use topics::{
     EnsureReport, PartitionMismatch, RetryTier, TopicCatalog, TopicKind, TopicSpec, ensure_topics,
     tier_name,

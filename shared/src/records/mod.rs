@@ -1,7 +1,7 @@
 //! The records on each topic of the design brief, as JSON with a `schema_version`.
 //!
 //! Each type has a JSON Schema under `schemas/` (`schemas/README.md` maps them); the test
-//! `tests/schemas.rs` validates serialised samples against the schemas and checks that the
+//! `tests/it/schemas.rs` validates serialised samples against the schemas and checks that the
 //! schemas reject what Rust would reject, so the two cannot drift apart.
 //!
 //! The event envelope is the one record that arrives from outside (direct producers), so its
@@ -15,8 +15,10 @@
 //! is a retry or dead-letter record, instead of accepting it and failing to forward it later.
 
 mod limits;
+mod wire;
 
 pub use limits::{MIN_PAYLOAD_BYTES, RecordLimits, TooLarge};
+pub use wire::Outgoing;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

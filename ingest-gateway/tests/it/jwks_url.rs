@@ -1,0 +1,104 @@
+//! Keys from a JWKS URL: RS256 and ES256 tokens verify; a token signed by a key added to the
+//! JWKS after start-up (an unknown `kid`) triggers a refetch and then verifies; a key removed
+//! from the JWKS stops working after a refetch.
+
+use std::sync::{Arc, Mutex};
+
+use crate::common::App;
+use axum::Router;
+use axum::routing::get;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::Method;
+use shared::jwt::DevKeys;
+
+const RSA_PEM: &str = include_str!("../fixtures/rsa-test-key.pem");
+
+struct RsaKey {
+    encoding: EncodingKey,
+    jwk: Jwk,
+}
+
+fn rsa_key() -> anyhow::Result<RsaKey> {
+    let encoding = EncodingKey::from_rsa_pem(RSA_PEM.as_bytes())?;
+    let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256)?;
+    jwk.common.key_id = Some("rsa-test".into());
+    Ok(RsaKey { encoding, jwk })
+}
+
+/// A loopback JWKS endpoint whose key set the test can change.
+async fn serve_jwks(set: Arc<Mutex<JwkSet>>) -> anyhow::Result<String> {
+    let app = Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let set = set.clone();
+            async move { axum::Json(set.lock().expect("lock").clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/jwks.json", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_the_url_and_refresh_on_an_unknown_kid() -> anyhow::Result<()> {
+    let es = DevKeys::generate()?;
+    let set = Arc::new(Mutex::new(JwkSet {
+        keys: es.jwks().keys,
+    }));
+    let url = serve_jwks(set.clone()).await?;
+    let app = App::spawn_with(|c| {
+        c.gateway.auth.jwks_url = Some(url.clone());
+        c.gateway.auth.jwks_file = None;
+    })
+    .await?;
+    let op_claims = app.claims(None, true);
+    let es_token = es.issue(&op_claims)?;
+    let (status, body) = app
+        .json(Method::GET, "/v1/dlq", Some(&es_token), None)
+        .await?;
+    assert_eq!(status, 200, "ES256 from the URL: {body}");
+
+    // An RS256 key is added to the JWKS after start-up: its first token refetches the set.
+    let rsa = rsa_key()?;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-test".into());
+    let rs_token = jsonwebtoken::encode(&header, &op_claims, &rsa.encoding)?;
+    set.lock().expect("lock").keys.push(rsa.jwk.clone());
+    let (status, body) = app
+        .json(Method::GET, "/v1/dlq", Some(&rs_token), None)
+        .await?;
+    assert_eq!(status, 200, "RS256 after refresh on an unknown kid: {body}");
+
+    // The RSA token with its header claiming ES256 is refused (algorithm must match the key).
+    let mut lying = Header::new(Algorithm::ES256);
+    lying.kid = Some("rsa-test".into());
+    let lying_token = jsonwebtoken::encode(&lying, &op_claims, es.encoding_key())?;
+    assert_eq!(
+        app.json(Method::GET, "/v1/dlq", Some(&lying_token), None)
+            .await?
+            .0,
+        401
+    );
+    // App's own operator token is signed by its file key, which is in no JWKS this gateway
+    // reads; the reload it triggers (at most one per 10 s) does not make it valid.
+    let (status, _) = app
+        .json(Method::GET, "/v1/dlq", Some(&app.operator), None)
+        .await?;
+    assert_eq!(status, 401, "a key that is not in the JWKS");
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_jwks_url_fails_start_up() -> anyhow::Result<()> {
+    let result = App::spawn_with(|c| {
+        c.gateway.auth.jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
+        c.gateway.auth.jwks_file = None;
+    })
+    .await;
+    let err = result.err().expect("start-up must fail without keys");
+    let text = format!("{err:#}");
+    assert!(text.contains("JWKS") || text.contains("jwks"), "{text}");
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The platform-wide tests: end to end, chaos, hostile input, the deployment manifests and
+//! monitoring — everything that needs more than one service, or the repository as a whole.
+
+use platform_tests as common;
+
+mod chaos;
+mod deploy;
+mod dockerfile;
+mod e2e;
+mod headers;
+mod hostile;
+mod monitoring;
+mod workloads;
