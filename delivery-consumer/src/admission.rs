@@ -19,9 +19,16 @@
 //!   delivery.max_in_flight` only while the global count is below `(1 − tenant_share) ×` it,
 //!   so other tenants always find slots, and a tenant alone still uses most of them.
 //! - **pending**: records held (queued or in flight) harm others only when they do not drain.
-//!   An endpoint whose pace is known is bounded by that pace: a record that would wait longer
-//!   than `delivery.max_queue_wait` is deferred, and what its queue holds beyond that is shed
-//!   (deferred) every second. An endpoint whose first request has gone unanswered for 100 ms
+//!   An endpoint whose pace is known and which is markedly slower than the endpoints this
+//!   consumer serves as a whole (its latency over [`SLOWER`] times theirs) is bounded by its
+//!   pace: a record that would wait longer than `delivery.max_queue_wait` is deferred, and what
+//!   its queue holds beyond that is shed (deferred) every second. An endpoint that keeps up
+//!   with the rest is never deferred for pace, however deep its queue: when every endpoint's
+//!   queue is deep at once — a backlog that built while the consumer was away (a restart, a
+//!   rebalance, an outage, a deployment) — the consumer is what is slow, not the endpoints,
+//!   and a deferral would only send healthy deliveries round the retry tiers and make them
+//!   later (issue 20; `platform-tests/tests/it/catch_up.rs`). The lane's hard bound
+//!   (`delivery.endpoint_queue`) still holds. An endpoint whose first request has gone unanswered for 100 ms
 //!   (suspect: it may never answer) may hold at most `endpoint_share × delivery.max_pending`
 //!   records, and all a tenant's endpoints of unknown pace together `tenant_share ×` that;
 //!   records beyond are deferred at once and its queue is shed down to that, so the records of
@@ -43,6 +50,13 @@ use shared::ids::{EndpointId, TenantId};
 
 use crate::job::{Deferral, Job, Signal};
 use crate::lanes::{Admission, Breaker, Circuit, Lane, SUSPECT_AFTER};
+
+/// An endpoint is slower than the rest when its latency exceeds this many times the latency of
+/// all answered requests (the consumer's reference)...
+pub const SLOWER: f64 = 4.0;
+/// ...and the reference is taken as at least this, so that endpoints answering in a few
+/// milliseconds beside ones answering in a fraction of one are not told apart.
+const REFERENCE_FLOOR: f64 = 0.025;
 
 /// The budgets, with the shares already applied.
 #[derive(Debug, Clone)]
@@ -148,6 +162,9 @@ pub struct Core {
     /// Lanes blocked by their tenant's share.
     tenant_waiting: HashMap<TenantId, VecDeque<EndpointId>>,
     limits: Limits,
+    /// Moving average of every answered request's duration, in seconds: what "slow" is
+    /// measured against (none before the first answer).
+    latency: Option<f64>,
 }
 
 /// Looks an endpoint's settings up (the endpoint cache).
@@ -165,6 +182,7 @@ impl Core {
             waiting: VecDeque::new(),
             tenant_waiting: HashMap::new(),
             limits,
+            latency: None,
         }
     }
 
@@ -189,6 +207,17 @@ impl Core {
             || (lane.waiting_global && self.activity.stalled(self.in_flight, now))
     }
 
+    /// Whether `lane` is markedly slower than the endpoints this consumer serves as a whole
+    /// (module docs): only then can its own pace be what holds its records back. Unknown while
+    /// nothing has been answered anywhere (an endpoint that never answers is the suspect
+    /// rule's).
+    fn slower_than_others(&self, lane: &Lane, cap: u32, now: Instant) -> bool {
+        match (lane.effective_latency(cap, now), self.latency) {
+            (Some(own), Some(all)) => own > SLOWER * all.max(REFERENCE_FLOOR),
+            _ => false,
+        }
+    }
+
     /// What of `tenant`'s holdings counts against its pending share: those of its endpoints
     /// of unknown pace, or everything it holds while none of its requests comes back.
     fn tenant_held(&self, tenant: &TenantId, now: Instant) -> usize {
@@ -211,6 +240,10 @@ impl Core {
             .lanes
             .get(&id)
             .is_some_and(|lane| self.stuck(lane, &tenant, now));
+        let slow = self
+            .lanes
+            .get(&id)
+            .is_some_and(|lane| self.slower_than_others(lane, cap, now));
         let tenant_over = self.tenant_held(&tenant, now) >= self.limits.tenant_pending;
         let lane = self.lanes.entry(id).or_default();
         if let Some(until) = lane.paused_until.filter(|t| *t > now) {
@@ -222,14 +255,15 @@ impl Core {
             return vec![defer(job, Deferral::CircuitOpen, until - now)];
         }
         // A lane that does not drain holds its share of the pending budget, or its tenant does
-        // (module docs); or its queue is full, or a new record would wait longer than
-        // `max_queue_wait` at its pace (a slow endpoint; a fast one's deep queue drains in time).
+        // (module docs); or its queue is full, or — for an endpoint markedly slower than the
+        // rest — a new record would wait longer than `max_queue_wait` at its pace. A deep queue
+        // of an endpoint that keeps up with the others is the consumer catching up: queued.
         let unproven = !lane.proven();
         let over_share = stuck && (lane.held() >= self.limits.endpoint_pending || tenant_over);
         let over_pace = !lane.waiting_global
             && !lane.queue.is_empty()
             && (lane.queue.len() >= self.limits.endpoint_queue
-                || lane.expected_wait(cap, ep.rate, now) > self.limits.max_queue_wait);
+                || (slow && lane.expected_wait(cap, ep.rate, now) > self.limits.max_queue_wait));
         if over_share || over_pace {
             return vec![defer(job, Deferral::Overflow, Duration::ZERO)];
         }
@@ -362,6 +396,10 @@ impl Core {
         now: Instant,
     ) -> Vec<Action> {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if !took.is_zero() {
+            let t = took.as_secs_f64();
+            self.latency = Some(self.latency.map_or(t, |avg| 0.95 * avg + 0.05 * t));
+        }
         // Its pace before and after this answer: the first answer proves it, and its records
         // held stop counting against the tenant's unproven budget.
         let (before, after) = match self.lanes.get_mut(&endpoint) {
@@ -471,7 +509,8 @@ impl Core {
 
     /// Defers what queues hold beyond their bounds (module docs): a suspect endpoint's queue
     /// beyond its share (or all of it, when its tenant is over its share), a known endpoint's
-    /// beyond what drains within `max_queue_wait`. Newest records go first.
+    /// that is slower than the rest beyond what drains within `max_queue_wait`. Newest records
+    /// go first.
     pub fn shed(&mut self, settings: &impl Settings, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let ids: Vec<EndpointId> = self.lanes.keys().copied().collect();
@@ -494,6 +533,8 @@ impl Core {
                 }
             } else if lane.waiting_global || lane.waiting_tenant {
                 continue; // Waiting on shared slots that do come back.
+            } else if !self.slower_than_others(lane, cap, now) {
+                continue; // Keeping up with the others: catching up, not overflowing.
             } else {
                 match lane.drains_within(cap, ep.rate, now, self.limits.max_queue_wait) {
                     Some(n) => n.max(1),
@@ -842,6 +883,79 @@ mod tests {
             sends, 750,
             "a tenant alone uses its share and the spare slots"
         );
+    }
+
+    /// Ten endpoints that answer, each with a deep queue: `answers` gives each endpoint's
+    /// latency. Returns the records deferred (by reason) while 800 more per endpoint arrive
+    /// and a shed runs.
+    fn backlog(answers: &[Duration]) -> (HashMap<EndpointId, usize>, Vec<EndpointId>) {
+        let limits = defaults();
+        let tenant = TenantId::new();
+        let endpoints: Vec<EndpointId> = answers.iter().map(|_| EndpointId::new()).collect();
+        let table = Table(
+            endpoints
+                .iter()
+                .map(|e| {
+                    (
+                        *e,
+                        EndpointLimits {
+                            max_in_flight: 10,
+                            rate: None,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let mut core = Core::new(limits);
+        let now = Instant::now();
+        // Each endpoint answers its first ten requests with its latency: its pace is known,
+        // and so is the consumer's reference.
+        for _ in 0..10 {
+            for (e, took) in endpoints.iter().zip(answers) {
+                for a in core.admit(Job::for_endpoint(tenant, *e, 0), &table, now) {
+                    if let Action::Send(job) = a {
+                        core.sent(*e, tenant, Signal::Success, job.sent_at, *took, &table, now);
+                    }
+                }
+            }
+        }
+        let mut deferred: HashMap<EndpointId, usize> = HashMap::new();
+        let mut count = |actions: Vec<Action>| {
+            for a in actions {
+                if let Action::Defer { job, why, .. } = a {
+                    assert_eq!(why, Deferral::Overflow);
+                    *deferred.entry(job.record.endpoint_id).or_default() += 1;
+                }
+            }
+        };
+        for _ in 0..800 {
+            for e in &endpoints {
+                count(core.admit(Job::for_endpoint(tenant, *e, 0), &table, now));
+            }
+        }
+        count(core.shed(&table, now));
+        (deferred, endpoints)
+    }
+
+    /// Issue 20: every endpoint answering in 200 ms (the consumer is what is slow: a restart's
+    /// backlog on a busy machine) with 800 queued each, 16 s of waiting at their pace: queued,
+    /// none deferred.
+    #[test]
+    fn a_backlog_of_endpoints_that_keep_up_with_each_other_is_queued() {
+        let (deferred, _) = backlog(&[Duration::from_millis(200); 10]);
+        assert!(deferred.is_empty(), "{deferred:?}");
+    }
+
+    /// One endpoint answering in 2 s beside nine answering in 5 ms: it is deferred for its
+    /// pace (its 800 would wait 160 s), the others are not.
+    #[test]
+    fn a_slow_endpoint_beside_fast_ones_is_deferred_for_its_pace() {
+        let mut answers = [Duration::from_millis(5); 10];
+        answers[0] = Duration::from_secs(2);
+        let (deferred, endpoints) = backlog(&answers);
+        let slow = deferred.get(&endpoints[0]).copied().unwrap_or(0);
+        assert!(slow > 700, "the slow endpoint's excess is deferred: {slow}");
+        assert_eq!(deferred.len(), 1, "only the slow one: {deferred:?}");
     }
 
     #[test]

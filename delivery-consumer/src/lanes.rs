@@ -211,19 +211,26 @@ impl Lane {
     /// The age of the oldest request in flight counts only when every slot is busy and nothing
     /// has finished since it was sent: then the endpoint is stuck, not merely busy.
     fn pace(&self, cap: u32, rate: Option<f64>, now: Instant) -> Option<f64> {
+        let latency = self.effective_latency(cap, now)?;
+        let by_cap = f64::from(cap.max(1)) / latency.max(1e-4);
+        Some(rate.map_or(by_cap, |r| by_cap.min(r.max(1e-3))))
+    }
+
+    /// How long this endpoint takes per request, in seconds, as the wait estimate sees it: its
+    /// recent latency, or the age of its oldest request when every slot is busy and nothing has
+    /// finished since that one was sent (then it is stuck, not merely busy).
+    pub fn effective_latency(&self, cap: u32, now: Instant) -> Option<f64> {
         let oldest = (self.in_flight >= cap.max(1))
             .then(|| self.started.front())
             .flatten()
             .filter(|t| self.last_finished.is_none_or(|f| f < **t))
             .map(|t| now.saturating_duration_since(*t).as_secs_f64());
-        let latency = match (self.latency, oldest) {
-            (Some(l), Some(o)) => l.max(o),
-            (Some(l), None) => l,
-            (None, Some(o)) if o > 0.0 => o,
-            _ => return None,
-        };
-        let by_cap = f64::from(cap.max(1)) / latency.max(1e-4);
-        Some(rate.map_or(by_cap, |r| by_cap.min(r.max(1e-3))))
+        match (self.latency, oldest) {
+            (Some(l), Some(o)) => Some(l.max(o)),
+            (Some(l), None) => Some(l),
+            (None, Some(o)) if o > 0.0 => Some(o),
+            _ => None,
+        }
     }
 
     /// How many queued records can start within `within` at the endpoint's pace; `None` while

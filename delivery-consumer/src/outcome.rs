@@ -54,16 +54,17 @@ pub struct Outcomes {
     pub shutdown: CancellationToken,
 }
 
-impl Outcomes {
-    /// The smallest tier whose delay is at least `wanted`, else the largest.
-    fn tier_for(&self, wanted: Duration) -> &RetryTier {
-        self.tiers
-            .iter()
-            .find(|t| t.delay >= wanted)
-            .or(self.tiers.last())
-            .unwrap_or_else(|| unreachable!("the schedule has at least one tier (config)"))
-    }
+/// The smallest tier whose delay is at least `wanted`, else the largest: a record waits as long
+/// as it must and no longer (a sub-second deferral goes to the first tier, never a long one).
+fn tier_for(tiers: &[RetryTier], wanted: Duration) -> &RetryTier {
+    tiers
+        .iter()
+        .find(|t| t.delay >= wanted)
+        .or(tiers.last())
+        .unwrap_or_else(|| unreachable!("the schedule has at least one tier (config)"))
+}
 
+impl Outcomes {
     /// Produces until acknowledged (transient errors) or refused for good. The record carries
     /// the trace its delivery came with; its tenant header is the record's own.
     async fn produce(&self, topic: &str, record: Outgoing) -> Result<(), Failure> {
@@ -100,7 +101,7 @@ impl Outcomes {
         delivery: DeliveryRecord,
         wanted: Duration,
     ) -> Result<(), Failure> {
-        let tier = self.tier_for(wanted);
+        let tier = tier_for(&self.tiers, wanted);
         let cap = self.jitter_max.min(tier.delay / 10);
         let jitter = if cap.is_zero() {
             Duration::ZERO
@@ -239,5 +240,35 @@ impl Outcomes {
             r = self.writer.record(row) => r.map_err(|_| Failure::Shutdown),
             _ = self.shutdown.cancelled() => Err(Failure::Shutdown),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shared::kafka::RetryTier;
+
+    #[test]
+    fn a_deferral_goes_to_the_smallest_tier_that_covers_its_wait() {
+        let tiers: Vec<RetryTier> = [5, 300, 1800, 7200]
+            .map(|s| RetryTier {
+                name: format!("{s}s"),
+                delay: Duration::from_secs(s),
+                topic: format!("t{s}"),
+            })
+            .into();
+        let tier = |ms: u64| {
+            super::tier_for(&tiers, Duration::from_millis(ms))
+                .delay
+                .as_secs()
+        };
+        assert_eq!(tier(0), 5, "overflow");
+        assert_eq!(tier(300), 5, "a sub-second Retry-After");
+        assert_eq!(tier(5_000), 5);
+        assert_eq!(tier(5_001), 300);
+        assert_eq!(tier(30_000), 300, "a first circuit cool-down");
+        assert_eq!(tier(600_000), 1800, "the longest cool-down");
+        assert_eq!(tier(36_000_000), 7200, "beyond every tier: the largest");
     }
 }

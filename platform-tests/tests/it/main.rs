@@ -3,6 +3,7 @@
 
 use platform_tests as common;
 
+mod catch_up;
 mod chaos;
 mod deploy;
 mod dockerfile;

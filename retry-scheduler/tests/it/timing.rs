@@ -98,7 +98,8 @@ impl Setup {
     }
 }
 
-/// Reads deliveries until `want` distinct ids arrived (or `limit` passed): id → first arrival.
+/// Reads deliveries until `want` distinct ids arrived (or `limit` passed): id → when it was
+/// first re-enqueued (its timestamp on `deliveries`).
 async fn arrivals(
     reader: &StreamConsumer,
     want: usize,
@@ -120,7 +121,13 @@ async fn more_arrivals(
         let Ok(Ok(m)) = tokio::time::timeout_at(deadline, reader.recv()).await else {
             break;
         };
-        let at = Utc::now();
+        // When the scheduler produced it (the record's timestamp), not when this reader
+        // happened to fetch it: a fetch that waits cannot hide an early re-enqueue.
+        let at = m
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .expect("a record timestamp");
         let record: DeliveryRecord =
             serde_json::from_slice(m.payload().unwrap_or_default()).expect("delivery record");
         out.entry(record.delivery_id).or_insert(at);

@@ -227,6 +227,36 @@ impl PrivatePostgres {
     pub fn restart(&self) -> anyhow::Result<()> {
         self.pg_ctl("restart")
     }
+
+    /// A crash and a start: the postmaster is SIGKILLed (its backends follow it as soon as they
+    /// notice), so nothing is flushed or said to clients, and the start runs crash recovery.
+    pub fn crash_restart(&self) -> anyhow::Result<()> {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))?;
+        let pid = pid_file
+            .lines()
+            .next()
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            .ok_or_else(|| anyhow::anyhow!("no postmaster pid in postmaster.pid"))?
+            .to_owned();
+        let killed = Command::new("kill").args(["-KILL", &pid]).status()?;
+        anyhow::ensure!(killed.success(), "kill -KILL {pid} failed");
+        let proc_dir = std::path::Path::new("/proc").join(&pid);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while proc_dir.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Orphaned backends may hold the shared memory for a moment: the start is retried.
+        let mut last = None;
+        for _ in 0..20 {
+            match self.pg_ctl("start") {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("PostgreSQL did not start")))
+    }
 }
 
 impl Drop for PrivatePostgres {
