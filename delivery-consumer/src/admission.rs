@@ -19,16 +19,19 @@
 //!   delivery.max_in_flight` only while the global count is below `(1 − tenant_share) ×` it,
 //!   so other tenants always find slots, and a tenant alone still uses most of them.
 //! - **pending**: records held (queued or in flight) harm others only when they do not drain.
-//!   An endpoint whose pace is known and which is markedly slower than the endpoints this
-//!   consumer serves as a whole (its latency over [`SLOWER`] times theirs) is bounded by its
-//!   pace: a record that would wait longer than `delivery.max_queue_wait` is deferred, and what
-//!   its queue holds beyond that is shed (deferred) every second. An endpoint that keeps up
-//!   with the rest is never deferred for pace, however deep its queue: when every endpoint's
-//!   queue is deep at once — a backlog that built while the consumer was away (a restart, a
-//!   rebalance, an outage, a deployment) — the consumer is what is slow, not the endpoints,
-//!   and a deferral would only send healthy deliveries round the retry tiers and make them
-//!   later (issue 20; `platform-tests/tests/it/catch_up.rs`). The lane's hard bound
-//!   (`delivery.endpoint_queue`) still holds. An endpoint whose first request has gone unanswered for 100 ms
+//!   An endpoint whose own pace binds — its rate limit sets it, or it is markedly slower than
+//!   the endpoints this consumer serves as a whole (its latency over [`SLOWER`] times theirs,
+//!   the reference kept between 25 ms and a tenth of `delivery.max_queue_wait`) — is bounded by
+//!   its pace: a record that would wait longer than `delivery.max_queue_wait` is deferred, and
+//!   what its queue holds beyond that is shed (deferred) every second. An endpoint that keeps
+//!   up with the rest is deferred for pace only beyond [`CATCH_UP_SHARES`] endpoint shares of
+//!   the pending budget (half of it by default): when every endpoint's queue is deep at once —
+//!   a backlog that built while the consumer was away (a restart, a rebalance, an outage, a
+//!   deployment) — the consumer is what is slow, not the endpoints, and a deferral would only
+//!   send healthy deliveries round the retry tiers and make them later (issue 20;
+//!   `platform-tests/tests/it/catch_up.rs`); the bound keeps one endpoint (a lone slow one is
+//!   its own reference) from taking the whole budget and stopping reading for everyone. The
+//!   lane's hard bound (`delivery.endpoint_queue`) still holds. An endpoint whose first request has gone unanswered for 100 ms
 //!   (suspect: it may never answer) may hold at most `endpoint_share × delivery.max_pending`
 //!   records, and all a tenant's endpoints of unknown pace together `tenant_share ×` that;
 //!   records beyond are deferred at once and its queue is shed down to that, so the records of
@@ -55,8 +58,13 @@ use crate::lanes::{Admission, Breaker, Circuit, Lane, SUSPECT_AFTER};
 /// all answered requests (the consumer's reference)...
 pub const SLOWER: f64 = 4.0;
 /// ...and the reference is taken as at least this, so that endpoints answering in a few
-/// milliseconds beside ones answering in a fraction of one are not told apart.
+/// milliseconds beside ones answering in a fraction of one are not told apart...
 const REFERENCE_FLOOR: f64 = 0.025;
+/// (The reference is also at most a tenth of `delivery.max_queue_wait`, so slow answers — an
+/// attacker's, or a lone slow endpoint's own — cannot raise it until nothing counts as slow.)
+/// A lane that keeps up with the rest may hold this many endpoint shares of the pending budget
+/// while it catches up (half the budget with the default share).
+const CATCH_UP_SHARES: usize = 5;
 
 /// The budgets, with the shares already applied.
 #[derive(Debug, Clone)]
@@ -207,15 +215,30 @@ impl Core {
             || (lane.waiting_global && self.activity.stalled(self.in_flight, now))
     }
 
-    /// Whether `lane` is markedly slower than the endpoints this consumer serves as a whole
-    /// (module docs): only then can its own pace be what holds its records back. Unknown while
-    /// nothing has been answered anywhere (an endpoint that never answers is the suspect
-    /// rule's).
-    fn slower_than_others(&self, lane: &Lane, cap: u32, now: Instant) -> bool {
-        match (lane.effective_latency(cap, now), self.latency) {
-            (Some(own), Some(all)) => own > SLOWER * all.max(REFERENCE_FLOOR),
-            _ => false,
+    /// Whether `lane`'s own pace is what holds its records back (module docs): its rate limit
+    /// sets its pace (the tenant's setting, not the consumer's), or it is markedly slower than
+    /// the endpoints this consumer serves as a whole. The reference is bounded above, so slow
+    /// answers (an attacker's, or the lane's own) cannot raise it until nothing counts as slow.
+    /// Unknown while nothing has been answered anywhere (an endpoint that never answers is the
+    /// suspect rule's).
+    fn own_pace_binds(&self, lane: &Lane, cap: u32, rate: Option<f64>, now: Instant) -> bool {
+        let Some(own) = lane.effective_latency(cap, now) else {
+            return false;
+        };
+        let by_cap = f64::from(cap.max(1)) / own.max(1e-4);
+        if rate.is_some_and(|r| r < by_cap) {
+            return true;
         }
+        let ceiling = (self.limits.max_queue_wait.as_secs_f64() / 10.0).max(REFERENCE_FLOOR);
+        self.latency
+            .is_some_and(|all| own > SLOWER * all.clamp(REFERENCE_FLOOR, ceiling))
+    }
+
+    /// The most a lane that keeps up with the rest may hold while its queue waits longer than
+    /// `max_queue_wait`: catching up is queued, but no one endpoint takes more than half the
+    /// pending budget (reading goes on for everyone whose records are still on the topic).
+    fn catch_up_bound(&self) -> usize {
+        self.limits.endpoint_pending.saturating_mul(CATCH_UP_SHARES)
     }
 
     /// What of `tenant`'s holdings counts against its pending share: those of its endpoints
@@ -243,7 +266,8 @@ impl Core {
         let slow = self
             .lanes
             .get(&id)
-            .is_some_and(|lane| self.slower_than_others(lane, cap, now));
+            .is_some_and(|lane| self.own_pace_binds(lane, cap, ep.rate, now));
+        let catch_up_bound = self.catch_up_bound();
         let tenant_over = self.tenant_held(&tenant, now) >= self.limits.tenant_pending;
         let lane = self.lanes.entry(id).or_default();
         if let Some(until) = lane.paused_until.filter(|t| *t > now) {
@@ -263,7 +287,8 @@ impl Core {
         let over_pace = !lane.waiting_global
             && !lane.queue.is_empty()
             && (lane.queue.len() >= self.limits.endpoint_queue
-                || (slow && lane.expected_wait(cap, ep.rate, now) > self.limits.max_queue_wait));
+                || ((slow || lane.held() >= catch_up_bound)
+                    && lane.expected_wait(cap, ep.rate, now) > self.limits.max_queue_wait));
         if over_share || over_pace {
             return vec![defer(job, Deferral::Overflow, Duration::ZERO)];
         }
@@ -533,12 +558,19 @@ impl Core {
                 }
             } else if lane.waiting_global || lane.waiting_tenant {
                 continue; // Waiting on shared slots that do come back.
-            } else if !self.slower_than_others(lane, cap, now) {
-                continue; // Keeping up with the others: catching up, not overflowing.
             } else {
-                match lane.drains_within(cap, ep.rate, now, self.limits.max_queue_wait) {
-                    Some(n) => n.max(1),
-                    None => continue,
+                let Some(n) = lane.drains_within(cap, ep.rate, now, self.limits.max_queue_wait)
+                else {
+                    continue;
+                };
+                if self.own_pace_binds(lane, cap, ep.rate, now) {
+                    n.max(1)
+                } else {
+                    // Keeping up with the others: catching up, within half the budget.
+                    n.max(
+                        self.catch_up_bound()
+                            .saturating_sub(lane.in_flight as usize),
+                    )
                 }
             };
             let Some(lane) = self.lanes.get_mut(&id) else {
@@ -956,6 +988,64 @@ mod tests {
         let slow = deferred.get(&endpoints[0]).copied().unwrap_or(0);
         assert!(slow > 700, "the slow endpoint's excess is deferred: {slow}");
         assert_eq!(deferred.len(), 1, "only the slow one: {deferred:?}");
+    }
+
+    /// One endpoint alone (its latency is the whole reference), `rate` its limit: after its
+    /// first answers, 20,000 records arrive and a shed runs. Returns what its lane holds.
+    fn alone(latency: Duration, rate: Option<f64>) -> usize {
+        let limits = defaults();
+        let tenant = TenantId::new();
+        let e = EndpointId::new();
+        let table = Table(HashMap::from([(
+            e,
+            EndpointLimits {
+                max_in_flight: 10,
+                rate,
+            },
+        )]));
+        let mut core = Core::new(limits);
+        let now = Instant::now();
+        for a in core.admit(Job::for_endpoint(tenant, e, 0), &table, now) {
+            if let Action::Send(job) = a {
+                core.sent(
+                    e,
+                    tenant,
+                    Signal::Success,
+                    job.sent_at,
+                    latency,
+                    &table,
+                    now,
+                );
+            }
+        }
+        for _ in 0..20_000 {
+            let _ = core.admit(Job::for_endpoint(tenant, e, 0), &table, now);
+        }
+        let _ = core.shed(&table, now);
+        core.lanes[&e].held()
+    }
+
+    /// A slow endpoint alone is its own reference, so it does not look slower than the rest:
+    /// it still may not take the pending budget (reading would stop for every record behind).
+    #[test]
+    fn a_lone_slow_endpoint_holds_at_most_half_the_pending_budget() {
+        let held = alone(Duration::from_secs(1), None);
+        assert!(held <= 5 * defaults().endpoint_pending, "{held}");
+    }
+
+    /// Very slow alone (3 s, beyond 4 × the reference's ceiling of 0.5 s): bounded by its pace.
+    #[test]
+    fn a_lone_very_slow_endpoint_is_bounded_by_its_pace() {
+        let held = alone(Duration::from_secs(3), None);
+        assert!(held <= 30, "{held}");
+    }
+
+    /// A fast endpoint whose rate limit is 1/s: its pace is its own setting, and its queue is
+    /// bounded by it (5 s of records), as before.
+    #[test]
+    fn a_rate_limited_endpoint_is_bounded_by_its_rate() {
+        let held = alone(Duration::from_millis(5), Some(1.0));
+        assert!(held <= 10, "{held}");
     }
 
     #[test]

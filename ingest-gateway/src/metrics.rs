@@ -64,6 +64,18 @@ impl Metrics {
     }
 }
 
+tokio::task_local! {
+    /// The trace context the caller sent (`traceparent`), for the request's whole handling.
+    static CALLER: shared::kafka::TraceContext;
+}
+
+/// The context a record produced for this request carries: the request span's when tracing is
+/// installed, else the caller's own (so its trace id still travels when no OpenTelemetry layer
+/// is, or the span was filtered out); a new trace when there is neither (`Outgoing`).
+pub fn onward_context() -> shared::kafka::TraceContext {
+    shared::telemetry::onward_context(CALLER.try_with(Clone::clone).unwrap_or_default())
+}
+
 /// Runs every request in a span (child of the caller's `traceparent`, if any, so its trace id
 /// reaches the Kafka headers) and times it, labelled by its route template (not the raw path:
 /// ids would explode the label set).
@@ -73,9 +85,12 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let span = tracing::info_span!("request", method = %request.method(), route = %route);
-    shared::telemetry::set_parent(&span, shared::telemetry::extract_http(request.headers()));
+    let caller = shared::telemetry::extract_http(request.headers());
+    shared::telemetry::set_parent(&span, caller.clone());
     let start = Instant::now();
-    let response = next.run(request).instrument(span).await;
+    let response = CALLER
+        .scope(caller, next.run(request).instrument(span))
+        .await;
     let status_class = match response.status().as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",

@@ -284,8 +284,8 @@ pub async fn publish(
 }
 
 async fn produce(state: &AppState, envelope: &EventEnvelope) -> ApiResult<()> {
-    let outgoing = Outgoing::event(envelope, &shared::telemetry::current_context())
-        .map_err(ApiError::internal)?;
+    let outgoing =
+        Outgoing::event(envelope, &crate::metrics::onward_context()).map_err(ApiError::internal)?;
     let record = outgoing.to(state.catalog.events());
     let start = Instant::now();
     // The producer's own message timeout equals the publish timeout; the outer timeout only

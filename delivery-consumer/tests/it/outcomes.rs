@@ -122,7 +122,23 @@ async fn exhausted_deliveries_reach_the_dlq_with_full_context() -> anyhow::Resul
         "cut to 1 KiB"
     );
     assert_eq!(dead.source.topic, world.env.catalog().deliveries());
-    assert!(dead.source.offset >= 0);
+    // The source is where the dead-lettered (third) attempt's record was read.
+    let reader = world.env.reader(world.env.catalog().deliveries())?;
+    let on_topic = shared::testing::drain(&reader, 3, Duration::from_secs(10)).await?;
+    let third = on_topic
+        .iter()
+        .find(|m| {
+            serde_json::from_slice::<shared::records::DeliveryRecord>(
+                m.payload().unwrap_or_default(),
+            )
+            .is_ok_and(|r| r.delivery_id == d.delivery_id && r.attempt == 3)
+        })
+        .expect("the third attempt's record on deliveries");
+    assert_eq!(
+        (dead.source.partition, dead.source.offset),
+        (third.partition(), third.offset()),
+        "the dead letter names its record's position"
+    );
     assert_eq!(receiver.requests("down").len(), 3);
     let attempts = world
         .wait_status(&event, &endpoint, "dead_lettered", Duration::from_secs(10))
@@ -261,8 +277,16 @@ async fn the_circuit_opens_probes_and_closes() -> anyhow::Result<()> {
     let receiver = Receiver::start().await?;
     let healthy_from = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let flag = healthy_from.clone();
+    // The first healthy answer (the probe's) takes 500 ms, so a request sent beside it shows.
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     receiver.behave(move |_, _| match *flag.lock().expect("flag") {
-        Some(t) if Instant::now() >= t => Reply::ok(),
+        Some(t) if Instant::now() >= t => {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                Reply::ok().after(Duration::from_millis(500))
+            } else {
+                Reply::ok()
+            }
+        }
         _ => Reply::status(503),
     });
     let tenant = world.tenant().await?;
@@ -300,9 +324,13 @@ async fn the_circuit_opens_probes_and_closes() -> anyhow::Result<()> {
         "probe after {:?}",
         probe.at - opened
     );
+    // The others start only once the probe was answered (500 ms after it arrived).
     assert!(
-        after[1..].iter().all(|r| r.at >= probe.at),
-        "no request beside the probe"
+        after[1..]
+            .iter()
+            .all(|r| r.at >= probe.at + Duration::from_millis(500)),
+        "no request beside the probe: {:?}",
+        after.iter().map(|r| r.at - probe.at).collect::<Vec<_>>()
     );
     assert_eq!(all.len(), 6, "3 failures, the probe and the 2 others");
     tokio::time::sleep(Duration::from_millis(1500)).await;

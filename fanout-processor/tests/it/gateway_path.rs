@@ -58,27 +58,46 @@ async fn api_publishes_fan_out_once_per_idempotency_key() -> anyhow::Result<()> 
     // A direct producer re-sends the same key under another event id: a duplicate.
     let direct = world.envelope(&tenant, "order.created", Some("order-7"));
     world.publish(&direct).await?;
+    // The caller's own trace (W3C `traceparent`) must continue through the gateway and fan-out.
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     let plain = http
         .post(&url)
         .bearer_auth(&token)
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
         .json(&json!({"event_type": "order.paid", "payload": {}}))
         .send()
         .await?;
     assert_eq!(plain.status(), 202);
+    let paid: serde_json::Value = plain.json().await?;
 
-    let messages = drain(&reader, 3, Duration::from_secs(5)).await;
+    // More than can come, so a stray record would be read and counted, not left unread.
+    let messages = drain(&reader, 10, Duration::from_secs(5)).await;
+    assert_eq!(messages.len(), 2, "one delivery per event, one endpoint");
     let got = pairs(&deliveries(&messages));
     let events: HashSet<String> = got.keys().map(|(e, _)| e.to_string()).collect();
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(events.contains(ids.iter().next().map(String::as_str).unwrap_or_default()));
     assert!(!events.contains(&direct.event_id.to_string()));
-    // The gateway's trace context rides through fan-out into the delivery record's headers.
-    for m in &messages {
-        let names: Vec<&str> = m
-            .headers()
-            .map(|h| h.iter().map(|h| h.key).collect())
-            .unwrap_or_default();
-        assert!(names.contains(&"harborhook-tenant-id"), "{names:?}");
+    // The tenant header on every delivery; the caller's trace id on the traced event's.
+    let header = |m: &rdkafka::message::OwnedMessage, key: &str| -> Option<String> {
+        m.headers()?
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    for (m, record) in messages.iter().zip(deliveries(&messages)) {
+        assert_eq!(header(m, "harborhook-tenant-id"), Some(tenant.to_string()));
+        let tp = header(m, "traceparent").unwrap_or_default();
+        if record.event_id.to_string() == paid["event_id"].as_str().unwrap_or_default() {
+            assert_eq!(
+                tp.split('-').nth(1),
+                Some(TRACE),
+                "the caller's trace continues: {tp}"
+            );
+        } else {
+            assert!(tp.starts_with("00-") && !tp.contains(TRACE), "{tp}");
+        }
     }
     shutdown.cancel();
     gateway.wait().await?;

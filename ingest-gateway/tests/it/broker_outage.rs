@@ -1,5 +1,6 @@
 //! With the broker down, publishing answers 503 with Retry-After (never 2xx), and works again
-//! once the broker is back. The test runs its own nisshi broker on a free port, so stopping it
+//! once the broker is back; what was answered 503 is not on `events` afterwards (a 503 means
+//! "not published: retry", so a retry cannot make a second copy). The test runs its own nisshi broker on a free port, so stopping it
 //! does not disturb other tests.
 
 use std::time::{Duration, Instant};
@@ -80,6 +81,24 @@ async fn broker_down_means_503_then_recovery() -> anyhow::Result<()> {
         (status, &again["event_id"]),
         (202, &first["event_id"]),
         "and the key still deduplicates"
+    );
+    // On `events`: the first event once, the keyed one once (its 503 attempt left nothing),
+    // and nothing of the unkeyed publish answered 503 (its payload equals the first one's).
+    let reader = app.consumer(app.env.catalog().events())?;
+    let records = crate::common::drain(&reader, 10, Duration::from_secs(8)).await;
+    let payloads: Vec<String> = records
+        .iter()
+        .filter_map(|m| {
+            use rdkafka::Message as _;
+            let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+            Some(v["payload"].to_string())
+        })
+        .collect();
+    let count = |p: &str| payloads.iter().filter(|x| *x == p).count();
+    assert_eq!(
+        (count(r#"{"x":1}"#), count(r#"{"x":2}"#), payloads.len()),
+        (1, 1, 2),
+        "only what was answered 202 is on events: {payloads:?}"
     );
     app.stop().await?;
     drop(restarted);

@@ -51,6 +51,8 @@ async fn keys_come_from_the_url_and_refresh_on_an_unknown_kid() -> anyhow::Resul
     let app = App::spawn_with(|c| {
         c.gateway.auth.jwks_url = Some(url.clone());
         c.gateway.auth.jwks_file = None;
+        // Short, so the removal below is seen within the test.
+        c.gateway.auth.jwks_cache_ttl = std::time::Duration::from_secs(1);
     })
     .await?;
     let op_claims = app.claims(None, true);
@@ -87,6 +89,23 @@ async fn keys_come_from_the_url_and_refresh_on_an_unknown_kid() -> anyhow::Resul
         .json(Method::GET, "/v1/dlq", Some(&app.operator), None)
         .await?;
     assert_eq!(status, 401, "a key that is not in the JWKS");
+
+    // The ES256 key is removed from the JWKS. Once the cache has expired and the reload
+    // interval (at most one fetch per 10 s) allows a fetch, its tokens stop working; the RSA
+    // key still in the set keeps working.
+    set.lock()
+        .expect("lock")
+        .keys
+        .retain(|k| k.common.key_id.as_deref() == Some("rsa-test"));
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let (status, _) = app
+        .json(Method::GET, "/v1/dlq", Some(&es_token), None)
+        .await?;
+    assert_eq!(status, 401, "a key removed from the JWKS stops working");
+    let (status, body) = app
+        .json(Method::GET, "/v1/dlq", Some(&rs_token), None)
+        .await?;
+    assert_eq!(status, 200, "the key still listed keeps working: {body}");
     app.stop().await
 }
 

@@ -113,10 +113,10 @@ async fn a_backlog_after_a_restart_is_delivered_not_deferred() -> anyhow::Result
             (format!("ep{i}"), ids)
         })
         .collect();
-    // Measured: all delivered ~40 s after the load's end (debug build, two cores); the same
-    // run deferred 18,671 and missed 11,494 at 60 s while pace alone decided (issue 20). A
-    // deferral to a 5-minute tier or beyond breaks this bound.
-    let bound = Duration::from_secs(90);
+    // Measured: all delivered 40 to 77 s after the load's end (debug build, two cores); the
+    // same run deferred 18,671 and missed 11,494 at 60 s while pace alone decided (issue 20).
+    // A deferral to a 5-minute tier or beyond breaks this bound.
+    let bound = Duration::from_secs(120);
     let missing = loop {
         let mut missing = 0usize;
         for (path, ids) in &expected {

@@ -333,11 +333,13 @@ pub(super) async fn another_tenants_event_id(s: &Suite) -> anyhow::Result<()> {
 pub(super) async fn control_characters_everywhere(s: &Suite) -> anyhow::Result<()> {
     let a = s.attacker;
     let op = s.p.token(None);
+    // The subscription first: an event published before it may fan out to no one (that was a
+    // race in this test, seen failing once).
+    let endpoint = s.endpoint("ctl", "ctl.*", json!({})).await?;
     let (_, any) = s
         .publish_raw(r#"{"event_type":"ctl.x","payload":{}}"#)
         .await?;
     let event = event_id(&any);
-    let endpoint = s.endpoint("ctl", "ctl.*", json!({})).await?;
     s.eventually(10, "a delivery to replay", || async {
         Ok(!s.attempts(&event).await?.is_empty())
     })
