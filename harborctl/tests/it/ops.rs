@@ -567,6 +567,36 @@ async fn verify_signature_checks_like_a_receiver() -> anyhow::Result<()> {
     let out = w.run(&forged.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("INVALID"));
+    // A correct signature over a timestamp ten minutes old: outside the 5 m tolerance (a
+    // replayed request), refused although the signature matches.
+    let stale_ts = ts - 600;
+    let stale_sig = shared::signing::standard_signature(&[&secret], "dlv_1", stale_ts, body);
+    let stale_ts_h = format!("webhook-timestamp: {stale_ts}");
+    let stale_sig_h = format!("webhook-signature: {stale_sig}");
+    let mut stale = args(&stale_sig_h);
+    for a in &mut stale {
+        if *a == ts_h {
+            a.clone_from(&stale_ts_h);
+        }
+    }
+    let out = w.run(&stale.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert_eq!(out.status.code(), Some(1), "a stale timestamp is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("outside the tolerance"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The same stale request with a tolerance wide enough passes.
+    let mut wide = stale.clone();
+    if let Some(t) = wide.iter_mut().find(|a| *a == "5m") {
+        *t = "15m".to_owned();
+    }
+    let out = w.run(&wide.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     std::fs::remove_file(file)?;
     w.cleanup().await
 }
