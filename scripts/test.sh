@@ -18,8 +18,17 @@ psql "$DATABASE_URL" -Atqc "SELECT nspname FROM pg_namespace WHERE nspname LIKE 
 # Broker databases of broker-restart tests that crashed (hh_test_broker_*).
 psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'hh\_test\_broker\_%'" |
   while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null; done
-if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --workspace --no-fail-fast "$@"
-else
-  exec cargo test --workspace --no-fail-fast "$@"
+# nextest carries the suite's per-test timeouts and runs the chaos and catch-up tests alone
+# (.config/nextest.toml); `cargo test` has neither, so a machine without it gets it, pinned.
+NEXTEST_VERSION=0.9.143
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  mkdir -p .stack/logs
+  echo "[test] installing cargo-nextest $NEXTEST_VERSION (once per machine; log: .stack/logs/install-cargo-nextest.log)" >&2
+  cargo install --locked --quiet cargo-nextest --version "$NEXTEST_VERSION" >.stack/logs/install-cargo-nextest.log 2>&1 || {
+    tail -20 .stack/logs/install-cargo-nextest.log >&2
+    echo "[test] installing cargo-nextest failed" >&2
+    exit 1
+  }
 fi
+exec cargo nextest run --workspace --no-fail-fast "$@"

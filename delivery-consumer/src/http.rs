@@ -24,6 +24,14 @@ pub enum ClientError {
     Allow(#[from] ipnet::AddrParseError),
     #[error("building the HTTP client")]
     Build(#[from] reqwest::Error),
+    #[error("reading delivery.extra_ca_file {path}")]
+    ExtraCa {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("delivery.extra_ca_file {0} holds no PEM certificate")]
+    NoCertificate(String),
 }
 
 #[derive(Clone)]
@@ -31,6 +39,8 @@ pub struct Http {
     policy: Policy,
     user_agent: String,
     max_response_bytes: usize,
+    /// `delivery.extra_ca_file`, trusted besides the system's roots.
+    extra_roots: Vec<reqwest::Certificate>,
     clients: Arc<Mutex<HashMap<u32, reqwest::Client>>>,
 }
 
@@ -48,6 +58,24 @@ pub struct Exchange {
 
 const BUCKET_MS: u32 = 250;
 
+/// The CA certificates of `delivery.extra_ca_file`; a file that cannot be read or holds no
+/// certificate stops the service at start rather than failing every HTTPS delivery later.
+fn extra_roots(path: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| ClientError::ExtraCa {
+        path: shown.clone(),
+        source,
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)?;
+    if certs.is_empty() {
+        return Err(ClientError::NoCertificate(shown));
+    }
+    Ok(certs)
+}
+
 impl Http {
     pub fn new(config: &DeliveryConfig) -> Result<Self, ClientError> {
         // The process-wide rustls provider; an error means one is installed already.
@@ -56,6 +84,7 @@ impl Http {
             policy: Policy::new(&config.ssrf_allow)?,
             user_agent: config.user_agent.clone(),
             max_response_bytes: config.max_response_bytes,
+            extra_roots: extra_roots(config.extra_ca_file.as_deref())?,
             clients: Arc::default(),
         };
         // Fail at start, not on the first delivery, if the client cannot be built.
@@ -84,6 +113,7 @@ impl Http {
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .user_agent(&self.user_agent)
+            .tls_certs_merge(self.extra_roots.iter().cloned())
             .build()?;
         clients.insert(bucket, client.clone());
         Ok(client)

@@ -368,6 +368,9 @@ pub struct DeliveryConfig {
     /// CIDRs that outbound requests may reach even though they are private, loopback, etc.
     #[serde(deserialize_with = "strings")]
     pub ssrf_allow: Vec<String>,
+    /// A PEM bundle of CA certificates trusted for endpoints besides the system's roots (for
+    /// receivers behind a private CA); unset: the system's roots only.
+    pub extra_ca_file: Option<std::path::PathBuf>,
     pub user_agent: String,
     /// The most of a response body read before the connection is dropped.
     pub max_response_bytes: usize,
@@ -396,6 +399,7 @@ impl Default for DeliveryConfig {
             circuit_cooldown: Duration::from_secs(30),
             circuit_max_cooldown: Duration::from_secs(600),
             ssrf_allow: Vec::new(),
+            extra_ca_file: None,
             user_agent: "Harborhook-Webhooks/1".into(),
             max_response_bytes: 64 * 1024,
             attempt_batch: 500,

@@ -7,3 +7,4 @@ mod delivery;
 mod ops;
 mod outcomes;
 mod rebalance;
+mod tls;

@@ -603,7 +603,33 @@ async fn verify_signature_checks_like_a_receiver() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_describe_reports_partitions_and_group_lag() -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
     let w = World::new().await?;
+    let events = w.env.catalog().events().to_owned();
+    let fanout = format!("{}fanout-processor", w.env.config.kafka.topic_prefix);
+    // Three records on partition 0 and five on partition 1; the fan-out group (not running
+    // here) has committed offset 1 on partition 0 and nothing on partition 1.
+    let producer = shared::kafka::producer(&w.env.config.kafka, "test")?;
+    for (partition, count) in [(0, 3), (1, 5)] {
+        for n in 0..count {
+            let value = format!("{{\"n\": {n}}}");
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::<str, _>::to(&events)
+                        .partition(partition)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
+        }
+    }
+    let member: BaseConsumer =
+        shared::kafka::consumer_config(&w.env.config.kafka, "test", &fanout).create()?;
+    let mut at = rdkafka::TopicPartitionList::new();
+    at.add_partition_offset(&events, 0, rdkafka::Offset::Offset(1))?;
+    shared::blocking(|| member.commit(&at, CommitMode::Sync))?;
+
     let v = w.json(&["topics", "describe"], &[]);
     let topics = v["topics"].as_array().expect("topics");
     assert_eq!(topics.len(), w.env.catalog().specs().len());
@@ -613,15 +639,37 @@ async fn topics_describe_reports_partitions_and_group_lag() -> anyhow::Result<()
             .all(|t| t["exists"] == true && t["partitions"] == t["expected_partitions"])
     );
     let lag = v["consumer_lag"].as_array().expect("lag");
-    let events = w.env.catalog().events().to_owned();
-    let fanout = format!("{}fanout-processor", w.env.config.kafka.topic_prefix);
-    let on_events = lag
+    let mut on_events: Vec<_> = lag
         .iter()
         .filter(|l| l["topic"] == events.as_str() && l["group"] == fanout.as_str())
-        .count();
+        .map(|l| {
+            (
+                l["partition"].clone(),
+                l["committed"].clone(),
+                l["high_watermark"].clone(),
+                l["lag"].clone(),
+            )
+        })
+        .collect();
+    on_events.sort_by_key(|r| r.0.as_i64());
     assert_eq!(
-        on_events, 2,
-        "one row per events partition for the fan-out group"
+        on_events,
+        [
+            (json!(0), json!(1), json!(3), json!(2)),
+            (json!(1), json!(null), json!(5), json!(5)),
+        ],
+        "per partition: the committed offset, the end, and the lag between them (from the \
+         start when nothing is committed)"
+    );
+    // The human table shows the same lag.
+    let table = w.run(&["topics", "describe"], &[]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(&events)
+            && l.contains(&fanout)
+            && l.split_whitespace().any(|c| c == "5")),
+        "{text}"
     );
     let completions = w.run(&["completions", "bash"], &[]);
     assert!(completions.status.success());

@@ -1,5 +1,7 @@
-//! Reads of events, deliveries, attempts and the DLQ, and replay. The rows are written here as
-//! the fanout-processor and delivery-consumer write them.
+//! Reads of events, deliveries, attempts and the DLQ, and replay: the filter, paging and
+//! tenant-scoping semantics. The rows are inserted here, backdated, because a time window needs
+//! rows from hours ago; that the API reads what fan-out and the delivery-consumer really write
+//! is `platform-tests`' `reads` test, which inserts nothing by hand.
 
 use std::time::Duration;
 

@@ -119,12 +119,25 @@ async fn the_platform_delivers_end_to_end() -> anyhow::Result<()> {
             .await?;
     }
     let healthy = receiver.wait("healthy", 15, 30).await?;
-    let worst = healthy
-        .iter()
-        .zip(&sent)
-        .map(|((at, _, _), s)| at.saturating_duration_since(*s))
-        .max()
-        .unwrap_or_default();
+    // Paired by payload, not by arrival index: deliveries need not arrive in publish order.
+    let mut waits = Vec::new();
+    for (at, _, body) in &healthy {
+        let n: serde_json::Value = serde_json::from_slice(body)?;
+        let n = n["n"].as_u64().and_then(|n| usize::try_from(n).ok());
+        let published = n
+            .and_then(|n| sent.get(n))
+            .ok_or_else(|| anyhow::anyhow!("unexpected body {}", String::from_utf8_lossy(body)))?;
+        waits.push((n, at.saturating_duration_since(*published)));
+    }
+    let mut seen: Vec<_> = waits.iter().map(|(n, _)| *n).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        15,
+        "each of the 15 events reached the healthy endpoint"
+    );
+    let worst = waits.iter().map(|(_, w)| *w).max().unwrap_or_default();
     assert!(
         worst < Duration::from_millis(1500),
         "healthy endpoint waited {worst:?} beside a slow one"

@@ -11,4 +11,5 @@ mod e2e;
 mod headers;
 mod hostile;
 mod monitoring;
+mod reads;
 mod workloads;

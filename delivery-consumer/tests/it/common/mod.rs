@@ -1,6 +1,7 @@
 //! Test harness: the real fan-out, delivery and retry services in-process against the real
-//! PostgreSQL and broker, configuration rows written as the API writes them, and programmable
-//! HTTP receivers on loopback that record every request.
+//! PostgreSQL and broker, tenants, endpoints, secrets and subscriptions created through the real
+//! gateway's API (started in-process on first use, so the rows are the API's own), and
+//! programmable HTTP receivers on loopback that record every request.
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,7 +20,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use shared::domain::SigningSecret;
-use shared::ids::{DeliveryId, EndpointId, EventId, SubscriptionId, TenantId};
+use shared::ids::{DeliveryId, EndpointId, EventId, TenantId};
 use shared::records::{EventEnvelope, SchemaVersion};
 use shared::service::Running;
 use shared::testing::TestEnv;
@@ -152,9 +154,60 @@ async fn receive(
     response
 }
 
+/// TCP accept plus a TLS handshake; a connection whose handshake fails (a client that refuses
+/// the certificate) is dropped and the next one accepted.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, peer)) = self.tcp.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let handshake = self.acceptor.accept(stream);
+            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 impl Receiver {
     /// A receiver answering 200 to everything until told otherwise.
     pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (receiver, app) = Self::parts(addr);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(receiver)
+    }
+
+    /// The same receiver behind TLS with `config`'s certificate; its URLs are
+    /// `https://localhost:{port}/...`.
+    pub async fn start_tls(config: rustls::ServerConfig) -> anyhow::Result<Self> {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = tcp.local_addr()?;
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
+        let (receiver, app) = Self::parts(addr);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(receiver)
+    }
+
+    fn parts(addr: SocketAddr) -> (Self, axum::Router) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let behaviour: Arc<Mutex<Behaviour>> =
             Arc::new(Mutex::new(Arc::new(|_: &str, _: usize| Reply::ok())));
@@ -167,15 +220,18 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/{path}", axum::routing::post(receive))
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self {
+        let receiver = Self {
             addr,
             log,
             behaviour,
             concurrency,
-        })
+        };
+        (receiver, app)
+    }
+
+    /// `https://localhost:{port}/{path}` (the name the test certificates carry).
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}/{path}", self.addr.port())
     }
 
     pub fn behave(&self, f: impl Fn(&str, usize) -> Reply + Send + Sync + 'static) {
@@ -228,7 +284,7 @@ impl Receiver {
     }
 }
 
-/// An endpoint as the API would write it.
+/// An endpoint as a tenant would create it through the API.
 pub struct EndpointSpec {
     pub url: String,
     pub scheme: &'static str,
@@ -262,6 +318,63 @@ pub struct World {
     pub producer: FutureProducer,
     pub shutdown: CancellationToken,
     services: Vec<Running>,
+    api: tokio::sync::OnceCell<Api>,
+}
+
+/// The real gateway, in-process on port 0, with an operator token of its own signing key.
+struct Api {
+    running: Running,
+    http: reqwest::Client,
+    operator: String,
+    keys_dir: std::path::PathBuf,
+}
+
+impl Api {
+    async fn start(
+        config: &shared::Config,
+        schema: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let keys_dir = std::env::temp_dir().join(format!("{schema}-keys"));
+        let keys = shared::jwt::DevKeys::load_or_create(&keys_dir)?;
+        let mut config = config.clone();
+        config.gateway.auth.jwks_file =
+            Some(shared::jwt::jwks_path(&keys_dir).display().to_string());
+        let auth = &config.gateway.auth;
+        let operator = keys.issue(&shared::jwt::Claims::new(
+            &auth.issuer,
+            &auth.audience,
+            "test",
+            None,
+            true,
+            Duration::from_secs(3600),
+        ))?;
+        let running = ingest_gateway::start(config, shutdown.clone()).await?;
+        Ok(Self {
+            running,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            operator,
+            keys_dir,
+        })
+    }
+
+    /// A POST as the operator that must answer 2xx; returns the JSON body.
+    async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let url = format!("http://{}{path}", self.running.local_addr);
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(&self.operator)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        anyhow::ensure!(status.is_success(), "POST {path}: {status} {text}");
+        serde_json::from_str(&text).with_context(|| text.clone())
+    }
 }
 
 impl World {
@@ -286,6 +399,7 @@ impl World {
             producer,
             shutdown: CancellationToken::new(),
             services: Vec::new(),
+            api: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -306,63 +420,59 @@ impl World {
         Ok(Some(addr))
     }
 
-    pub async fn tenant(&self) -> anyhow::Result<TenantId> {
-        let id = TenantId::new();
-        self.db
-            .execute("INSERT INTO tenants (id, name) VALUES ($1, 'acme')", &[&id])
-            .await?;
-        Ok(id)
+    /// The in-process gateway the configuration rows are created through.
+    async fn api(&self) -> anyhow::Result<&Api> {
+        self.api
+            .get_or_try_init(|| Api::start(&self.env.config, &self.env.schema, &self.shutdown))
+            .await
     }
 
-    /// Creates the endpoint with its secrets and subscribes it to `*`; returns its id and
-    /// secrets (newest first).
+    pub async fn tenant(&self) -> anyhow::Result<TenantId> {
+        let body = self
+            .api()
+            .await?
+            .post("/v1/tenants", json!({"name": "acme"}))
+            .await?;
+        Ok(body["id"].as_str().context("tenant id")?.parse()?)
+    }
+
+    /// Creates the endpoint through the API (rotating its secret once when `spec.rotated`) and
+    /// subscribes it to `*`; returns its id and secrets (newest first).
     pub async fn endpoint(
         &self,
         tenant: &TenantId,
         spec: EndpointSpec,
     ) -> anyhow::Result<(EndpointId, Vec<SigningSecret>)> {
-        let id = EndpointId::new();
-        self.db
-            .execute(
-                "INSERT INTO endpoints (id, tenant_id, url, signature_scheme, max_in_flight, headers,
-                     rate_limit_per_sec)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &id,
-                    tenant,
-                    &spec.url,
-                    &spec.scheme,
-                    &spec.max_in_flight,
-                    &spec.headers,
-                    &spec.rate_limit,
-                ],
+        let api = self.api().await?;
+        let created = api
+            .post(
+                &format!("/v1/tenants/{tenant}/endpoints"),
+                json!({
+                    "url": spec.url, "signature_scheme": spec.scheme,
+                    "max_in_flight": spec.max_in_flight, "rate_limit_per_sec": spec.rate_limit,
+                    "headers": spec.headers,
+                }),
             )
             .await?;
-        let mut secrets = vec![SigningSecret::generate()];
+        let id: EndpointId = created["id"].as_str().context("endpoint id")?.parse()?;
+        let secret = |v: &serde_json::Value| -> anyhow::Result<SigningSecret> {
+            Ok(v["secret"].as_str().context("secret")?.parse()?)
+        };
+        let mut secrets = vec![secret(&created)?];
         if spec.rotated {
-            let old = SigningSecret::generate();
-            self.db
-                .execute(
-                    "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at, expires_at)
-                     VALUES ($1, $2, now() - interval '1 hour', now() + interval '1 hour')",
-                    &[&id, &old.expose()],
+            let rotated = api
+                .post(
+                    &format!("/v1/tenants/{tenant}/endpoints/{id}:rotate-secret"),
+                    json!({}),
                 )
                 .await?;
-            secrets.push(old);
+            secrets.insert(0, secret(&rotated)?);
         }
-        self.db
-            .execute(
-                "INSERT INTO endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)",
-                &[&id, &secrets[0].expose()],
-            )
-            .await?;
-        self.db
-            .execute(
-                "INSERT INTO subscriptions (id, tenant_id, endpoint_id, event_type_pattern)
-                 VALUES ($1, $2, $3, '*')",
-                &[&SubscriptionId::new(), tenant, &id],
-            )
-            .await?;
+        api.post(
+            &format!("/v1/tenants/{tenant}/subscriptions"),
+            json!({"event_type": "*", "endpoint_id": id}),
+        )
+        .await?;
         Ok((id, secrets))
     }
 
@@ -452,6 +562,10 @@ impl World {
         self.shutdown.cancel();
         for s in self.services.drain(..) {
             s.wait().await?;
+        }
+        if let Some(api) = self.api.take() {
+            api.running.wait().await?;
+            let _ = std::fs::remove_dir_all(&api.keys_dir);
         }
         self.env.cleanup().await
     }
