@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::CliError;
 use crate::api::Api;
+use crate::fleet::{Disruption, Fleet};
 use crate::output::emit;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -59,6 +60,14 @@ pub struct BenchArgs {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Stop and restart a service during the load:
+    /// `SERVICE[#N]:kill|term@SECONDS[+DOWN]` (repeatable; see docs/performance.md).
+    #[arg(long = "disrupt", value_name = "SPEC")]
+    disruptions: Vec<Disruption>,
+    /// delivery-consumer replicas to run during the bench (extra ones are started from the
+    /// first and stopped at the end).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 #[derive(Default)]
@@ -66,6 +75,8 @@ struct Tally {
     /// webhook-id → copies received; latencies of first copies at healthy endpoints.
     seen: HashMap<String, u32>,
     latencies_us: Vec<u64>,
+    /// (arrival, latency µs) of first copies, for the catch-up after a disruption.
+    arrivals: Vec<(Instant, u64)>,
     first: Option<Instant>,
     last: Option<Instant>,
 }
@@ -101,8 +112,9 @@ async fn receive(
     *copies += 1;
     if *copies == 1 {
         if let Some(sent) = sent {
-            let lat = chrono::Utc::now().timestamp_micros() - sent;
-            t.latencies_us.push(u64::try_from(lat).unwrap_or(0));
+            let lat = u64::try_from(chrono::Utc::now().timestamp_micros() - sent).unwrap_or(0);
+            t.latencies_us.push(lat);
+            t.arrivals.push((now, lat));
         }
         t.first.get_or_insert(now);
         t.last = Some(now);
@@ -117,45 +129,12 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
-/// (CPU seconds, peak RSS in MiB) of a process, from /proc.
-fn usage(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some((ticks / 100.0, hwm_kb / 1024.0))
-}
-
-fn services() -> Vec<(String, u32)> {
-    let Ok(dir) = std::fs::read_dir(".stack/services") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let name = e
-                .file_name()
-                .to_string_lossy()
-                .strip_suffix(".pid")?
-                .to_owned();
-            let pid = std::fs::read_to_string(e.path())
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((name, pid))
-        })
-        .collect()
-}
-
-pub async fn run(api: &Api, json_out: bool, args: BenchArgs) -> Result<(), CliError> {
+pub async fn run(
+    api: &Api,
+    config: &shared::Config,
+    json_out: bool,
+    args: BenchArgs,
+) -> Result<(), CliError> {
     let tally: Shared = Arc::default();
     let app = axum::Router::new()
         .route("/{kind}/{n}", axum::routing::post(receive))
@@ -208,14 +187,14 @@ pub async fn run(api: &Api, json_out: bool, args: BenchArgs) -> Result<(), CliEr
         }
         tenants.push(tenant);
     }
-    let before: HashMap<String, (f64, f64)> = services()
-        .into_iter()
-        .filter_map(|(name, pid)| usage(pid).map(|u| (name, u)))
-        .collect();
+    let mut fleet = Fleet::sample();
+    fleet.add_replicas(args.replicas).await?;
+    let tiers_before = tier_records(config)?;
 
     // Publish.
     let filler = "x".repeat(args.payload_bytes);
     let started = Instant::now();
+    let disrupting = tokio::spawn(disrupt(fleet, args.disruptions.clone(), started, json_out));
     let (mut published, mut refused, mut seq) = (0usize, 0usize, 0u64);
     let mut next_at = Instant::now();
     while started.elapsed() < Duration::from_secs(args.seconds) {
@@ -254,9 +233,16 @@ pub async fn run(api: &Api, json_out: bool, args: BenchArgs) -> Result<(), CliEr
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();
-    // Drain: until every healthy delivery arrived, or 15 s without progress.
+    let (mut fleet, windows) = disrupting
+        .await
+        .map_err(|e| CliError::failed(format!("disruptions: {e}"), ""))??;
+    // Drain: until every healthy delivery arrived, or 15 s without progress — 45 s after a
+    // disruption, since a SIGKILLed member holds its partitions for the group's session
+    // timeout (kafka.session_timeout_ms, 30 s) before anyone else may read them.
     let expected = published * healthy_per_event;
+    let idle = Duration::from_secs(if args.disruptions.is_empty() { 15 } else { 45 });
     let mut last = (0usize, Instant::now());
+    let mut shown = Instant::now();
     loop {
         let got = tally.lock().map(|t| t.seen.len()).unwrap_or(0);
         if got >= expected {
@@ -264,23 +250,30 @@ pub async fn run(api: &Api, json_out: bool, args: BenchArgs) -> Result<(), CliEr
         }
         if got > last.0 {
             last = (got, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(15) {
+        } else if last.1.elapsed() > idle {
             break;
+        }
+        if !json_out && shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
+            eprint!(
+                "\r  {published} events published, {got} of {expected} healthy deliveries received   "
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !json_out {
         eprintln!();
     }
-    let processes: Vec<Value> = services()
+    let processes = fleet.processes();
+    fleet.stop_replicas().await;
+    let deferred: HashMap<String, i64> = tier_records(config)?
         .into_iter()
-        .filter_map(|(name, pid)| {
-            let (cpu, rss) = usage(pid)?;
-            let cpu0 = before.get(&name).map_or(0.0, |b| b.0);
-            Some(json!({"service": name, "pid": pid, "cpu_seconds": cpu - cpu0, "peak_rss_mib": rss}))
+        .map(|(tier, n)| {
+            let before = tiers_before.get(&tier).copied().unwrap_or(0);
+            (tier, n - before)
         })
         .collect();
-    let (pipeline_rate, distinct, received, mut lat) = {
+    let (pipeline_rate, distinct, received, mut lat, (catch_up, timeline)) = {
         let t = tally
             .lock()
             .map_err(|_| CliError::failed("tally poisoned", ""))?;
@@ -294,6 +287,10 @@ pub async fn run(api: &Api, json_out: bool, args: BenchArgs) -> Result<(), CliEr
             t.seen.len(),
             received,
             t.latencies_us.clone(),
+            (
+                catch_up(&windows, &t.arrivals, started),
+                timeline(&t.arrivals, started),
+            ),
         )
     };
     lat.sort_unstable();
@@ -306,6 +303,7 @@ pub async fn run(api: &Api, json_out: bool, args: BenchArgs) -> Result<(), CliEr
             "tenants": args.tenants, "fanout": per, "slow_share": args.slow_share,
             "failing_share": args.failing_share, "rate": args.rate, "seconds": args.seconds,
             "payload_bytes": args.payload_bytes, "batch": args.batch,
+            "disruptions": args.disruptions.iter().map(ToString::to_string).collect::<Vec<_>>(),
         },
         "events_published": published,
         "events_refused": refused,
@@ -317,6 +315,11 @@ pub async fn run(api: &Api, json_out: bool, args: BenchArgs) -> Result<(), CliEr
         "deliveries_per_sec": pipeline_rate,
         "latency_ms": {"p50": pct(&lat, 0.5), "p90": pct(&lat, 0.9), "p99": pct(&lat, 0.99), "max": pct(&lat, 1.0)},
         "processes": processes,
+        "deferred_to_tiers": deferred,
+        "deferred_total": deferred.values().sum::<i64>(),
+        "replicas": args.replicas,
+        "disruptions": catch_up,
+        "timeline": timeline,
         "raw": {"deliveries_per_sec": raw_rate, "concurrency": concurrency},
         "pipeline_to_raw": pipeline_rate / raw_rate.max(1e-9),
     });
@@ -373,4 +376,142 @@ async fn raw_limit(
         let _ = w.await;
     }
     count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One disruption as it happened: stopped, started again, ready (instants).
+struct Window {
+    spec: Disruption,
+    stopped: Instant,
+    started: Instant,
+    ready: Option<Instant>,
+}
+
+/// Runs the disruptions in order, each at its time from the load's start; hands the fleet back.
+async fn disrupt(
+    mut fleet: Fleet,
+    mut plan: Vec<Disruption>,
+    start: Instant,
+    quiet: bool,
+) -> Result<(Fleet, Vec<Window>), CliError> {
+    plan.sort_by_key(|d| d.at);
+    let mut windows = Vec::new();
+    for spec in plan {
+        tokio::time::sleep_until((start + spec.at).into()).await;
+        let (stopped, started, ready) = fleet.disrupt(&spec).await?;
+        if !quiet {
+            eprintln!(
+                "\n  {spec}: stopped at {:.1} s, started again at {:.1} s, ready {}",
+                (stopped - start).as_secs_f64(),
+                (started - start).as_secs_f64(),
+                ready.map_or("never (60 s)".to_owned(), |r| format!(
+                    "at {:.1} s",
+                    (r - start).as_secs_f64()
+                ))
+            );
+        }
+        windows.push(Window {
+            spec,
+            stopped,
+            started,
+            ready,
+        });
+    }
+    Ok((fleet, windows))
+}
+
+/// A delivery that arrives this much after its publish belongs to a backlog.
+const LATE_US: u64 = 1_000_000;
+
+/// For each disruption: the deliveries it made late, when that backlog was gone, and the rate
+/// at which it was worked off.
+///
+/// A late delivery (over 1 s from publish to arrival) is the doing of the last disruption that
+/// began before it was published, or within a second after (records already inside the
+/// pipeline when a service stopped). "Cleared" is the arrival of that disruption's last late
+/// delivery, measured from the restart; with disruptions close together a backlog can outlast
+/// the next one, which is why the attribution goes by publish time, not arrival. The catch-up
+/// rate counts every delivery that arrived from the restart until the backlog was gone, so it
+/// compares with the maximum rate of a run without restarts.
+fn catch_up(windows: &[Window], arrivals: &[(Instant, u64)], start: Instant) -> Vec<Value> {
+    let secs = |i: Instant| i.saturating_duration_since(start).as_secs_f64();
+    let lead = Duration::from_secs(1);
+    let owner = |published: Instant| {
+        windows
+            .iter()
+            .rposition(|w| w.stopped.checked_sub(lead).is_none_or(|s| s <= published))
+    };
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let late: Vec<Instant> = arrivals
+                .iter()
+                .filter(|(at, lat)| {
+                    *lat > LATE_US
+                        && at
+                            .checked_sub(Duration::from_micros(*lat))
+                            .is_some_and(|p| owner(p) == Some(i))
+                })
+                .map(|(at, _)| *at)
+                .collect();
+            let cleared = late.iter().max().copied().filter(|l| *l > w.started);
+            let (cleared_s, rate) = cleared.map_or((0.0, 0.0), |c| {
+                let span = (c - w.started).as_secs_f64().max(1e-3);
+                let n = arrivals
+                    .iter()
+                    .filter(|(at, _)| *at >= w.started && *at <= c)
+                    .count();
+                (span, n as f64 / span)
+            });
+            json!({
+                "disruption": w.spec.to_string(),
+                "stopped_at_s": secs(w.stopped),
+                "started_at_s": secs(w.started),
+                "ready_at_s": w.ready.map(secs),
+                "late_deliveries": late.len(),
+                "backlog_cleared_after_restart_s": cleared_s,
+                "catch_up_deliveries_per_sec": rate,
+            })
+        })
+        .collect()
+}
+
+/// Deliveries received in each second of the run, and how many of them were late: where a
+/// stall began and ended, at a glance.
+fn timeline(arrivals: &[(Instant, u64)], start: Instant) -> Value {
+    let mut delivered: Vec<u64> = Vec::new();
+    let mut late: Vec<u64> = Vec::new();
+    for (at, lat) in arrivals {
+        let s = at.saturating_duration_since(start).as_secs() as usize;
+        if delivered.len() <= s {
+            delivered.resize(s + 1, 0);
+            late.resize(s + 1, 0);
+        }
+        delivered[s] += 1;
+        late[s] += u64::from(*lat > LATE_US);
+    }
+    json!({"delivered_per_second": delivered, "late_per_second": late})
+}
+
+/// Records on each retry tier topic (the sum of its partitions' high watermarks). With every
+/// endpoint healthy, what a run adds there was deferred: overflow, circuit or Retry-After.
+fn tier_records(config: &shared::Config) -> Result<HashMap<String, i64>, CliError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let timeout = Duration::from_secs(10);
+    let catalog = shared::kafka::TopicCatalog::new(config);
+    let probe: BaseConsumer = shared::kafka::client_config(&config.kafka, "harborctl").create()?;
+    let mut out = HashMap::new();
+    for tier in catalog.retry_tiers() {
+        let metadata = shared::blocking(|| probe.fetch_metadata(Some(&tier.topic), timeout))?;
+        let mut total = 0;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (_, high) =
+                    shared::blocking(|| probe.fetch_watermarks(&tier.topic, p.id(), timeout))?;
+                total += high;
+            }
+        }
+        out.insert(tier.name.clone(), total);
+    }
+    Ok(out)
 }

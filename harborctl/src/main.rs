@@ -14,6 +14,7 @@ mod db;
 mod dev;
 mod dlq;
 mod events_replay;
+mod fleet;
 mod migrate;
 mod output;
 mod pace;
@@ -498,7 +499,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
             })?;
             verify::verify(json, &secret, &headers, &body, tolerance)
         }
-        Command::Bench { args } => bench::run(&api()?, json, args).await,
+        Command::Bench { args } => bench::run(&api()?, &config, json, args).await,
         Command::Receiver { listen, secret } => receiver::run(listen, &secret, json).await,
         Command::Tenants { command } => api::tenants(&api()?, json, command).await,
         Command::Completions { shell } => {
