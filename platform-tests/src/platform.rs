@@ -270,6 +270,11 @@ impl Platform {
         Ok((r.status().as_u16(), r.text().await?))
     }
 
+    /// The pid of service `i`, while this harness runs it.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(|p| p.0.id())
+    }
+
     /// SIGKILL service `i` (index in [`SERVICES`]), as a crash would.
     pub fn kill(&mut self, i: usize) {
         self.procs[i] = None;

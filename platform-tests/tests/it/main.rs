@@ -3,6 +3,7 @@
 
 use platform_tests as common;
 
+mod bench;
 mod catch_up;
 mod chaos;
 mod deploy;
