@@ -4,7 +4,8 @@
 #   scripts/stack.sh up       idempotent: reuse what answers, install/start what does not
 #   scripts/stack.sh down     stop only what `up` started (and services `dev.sh` started)
 #   scripts/stack.sh status   what runs, where, and where its logs are
-#   scripts/stack.sh tools    kubectl, kubernetes-validate, Go and Node.js for the tests that need them
+#   scripts/stack.sh tools    kubectl, kubernetes-validate, schemathesis, Go, Node.js and the Kafka
+#                             clients of the direct-producer examples, for the tests that need them
 #
 # `up` writes .stack/env (DATABASE_URL, KAFKA_BOOTSTRAP and the matching HARBORHOOK_* keys) for
 # the other scripts to source. Everything it creates lives under .stack/ (git-ignored).
@@ -209,6 +210,8 @@ status() {
 KUBERNETES_VALIDATE_VERSION=1.37.0
 # API fuzzing from the OpenAPI document (ingest-gateway/tests/it/schemathesis.rs).
 SCHEMATHESIS_VERSION=4.32.5
+# The Python direct-producer example of docs/direct-producers.md (its librdkafka is the services').
+CONFLUENT_KAFKA_VERSION=2.12.2
 
 # kubectl with its built-in `kustomize` (any version: the manifests render alike with Kustomize
 # v2.0.3, Debian's kubernetes-client, and v5), and kubernetes-validate (PyPI) in a venv of the
@@ -226,6 +229,7 @@ tools() {
   local missing=()
   command -v go >/dev/null || missing+=(golang-go)
   command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
   local venv="$STATE/venv"
   if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
@@ -242,12 +246,31 @@ tools() {
     "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >>"$LOGS/pip.log" 2>&1 ||
       die "installing schemathesis failed (log: $LOGS/pip.log)"
   fi
+  if [ "$("$venv/bin/python" -c 'import confluent_kafka; print(confluent_kafka.version()[0])' 2>/dev/null)" != "$CONFLUENT_KAFKA_VERSION" ]; then
+    say "installing confluent-kafka $CONFLUENT_KAFKA_VERSION (log: $LOGS/pip.log)"
+    mkdir -p "$LOGS"
+    "$venv/bin/pip" install -q "confluent-kafka==$CONFLUENT_KAFKA_VERSION" >>"$LOGS/pip.log" 2>&1 ||
+      die "installing confluent-kafka failed (log: $LOGS/pip.log)"
+  fi
+  # The Node.js direct-producer example: its Kafka client and the Node.js it needs (22; the
+  # machine's may be older), both from the npm registry, locked by scripts/node/package-lock.json.
+  local node_dir="$STATE/node"
+  if ! cmp -s "$ROOT/scripts/node/package-lock.json" "$node_dir/package-lock.json" ||
+     [ ! -x "$node_dir/node_modules/.bin/node" ]; then
+    say "installing the Node.js test tools (log: $LOGS/npm.log)"
+    mkdir -p "$node_dir" "$LOGS"
+    cp "$ROOT/scripts/node/package.json" "$ROOT/scripts/node/package-lock.json" "$node_dir/"
+    (cd "$node_dir" && npm ci --no-audit --no-fund) >"$LOGS/npm.log" 2>&1 ||
+      die "installing the Node.js test tools failed (log: $LOGS/npm.log)"
+  fi
   cat >"$STATE/tools.env" <<ENV
 export HARBORHOOK_KUBECTL=$kubectl
 export HARBORHOOK_KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate
 export HARBORHOOK_SCHEMATHESIS=$venv/bin/schemathesis
+export HARBORHOOK_STACK_PYTHON=$venv/bin/python
+export HARBORHOOK_STACK_NODE_TOOLS=$node_dir
 ENV
-  say "test tools: $kubectl ($("$kubectl" version --client 2>/dev/null | head -1)), kubernetes-validate $KUBERNETES_VALIDATE_VERSION, schemathesis $SCHEMATHESIS_VERSION"
+  say "test tools: $kubectl ($("$kubectl" version --client 2>/dev/null | head -1)), kubernetes-validate $KUBERNETES_VALIDATE_VERSION, schemathesis $SCHEMATHESIS_VERSION, confluent-kafka $CONFLUENT_KAFKA_VERSION, Node.js $("$node_dir/node_modules/.bin/node" --version)"
 }
 
 case "${1:-}" in

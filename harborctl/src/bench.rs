@@ -188,6 +188,7 @@ pub async fn run(
         tenants.push(tenant);
     }
     let mut fleet = Fleet::sample();
+    fleet.check(&args.disruptions, args.replicas)?;
     fleet.add_replicas(args.replicas).await?;
     let tiers_before = tier_records(config)?;
 
@@ -266,13 +267,26 @@ pub async fn run(
     }
     let processes = fleet.processes();
     fleet.stop_replicas().await;
-    let deferred: HashMap<String, i64> = tier_records(config)?
-        .into_iter()
-        .map(|(tier, n)| {
-            let before = tiers_before.get(&tier).copied().unwrap_or(0);
-            (tier, n - before)
-        })
-        .collect();
+    // The run's figures are worth more than this one count: a broker that fails now turns it
+    // into null with a warning instead of discarding the report.
+    let deferred: Option<HashMap<String, i64>> = match tier_records(config) {
+        Ok(after) => Some(
+            after
+                .into_iter()
+                .map(|(tier, n)| {
+                    let before = tiers_before.get(&tier).copied().unwrap_or(0);
+                    (tier, n - before)
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            eprintln!(
+                "warning: counting the retry tiers' records failed: {}",
+                e.message
+            );
+            None
+        }
+    };
     let (pipeline_rate, distinct, received, mut lat, (catch_up, timeline)) = {
         let t = tally
             .lock()
@@ -316,7 +330,7 @@ pub async fn run(
         "latency_ms": {"p50": pct(&lat, 0.5), "p90": pct(&lat, 0.9), "p99": pct(&lat, 0.99), "max": pct(&lat, 1.0)},
         "processes": processes,
         "deferred_to_tiers": deferred,
-        "deferred_total": deferred.values().sum::<i64>(),
+        "deferred_total": deferred.as_ref().map(|d| d.values().sum::<i64>()),
         "replicas": args.replicas,
         "disruptions": catch_up,
         "timeline": timeline,
@@ -455,13 +469,14 @@ fn catch_up(windows: &[Window], arrivals: &[(Instant, u64)], start: Instant) -> 
                 .map(|(at, _)| *at)
                 .collect();
             let cleared = late.iter().max().copied().filter(|l| *l > w.started);
-            let (cleared_s, rate) = cleared.map_or((0.0, 0.0), |c| {
+            // Null when nothing was late: there was no backlog to clear, not one cleared at 0 s.
+            let (cleared_s, rate) = cleared.map_or((None, None), |c| {
                 let span = (c - w.started).as_secs_f64().max(1e-3);
                 let n = arrivals
                     .iter()
                     .filter(|(at, _)| *at >= w.started && *at <= c)
                     .count();
-                (span, n as f64 / span)
+                (Some(span), Some(n as f64 / span))
             });
             json!({
                 "disruption": w.spec.to_string(),
@@ -505,6 +520,23 @@ fn tier_records(config: &shared::Config) -> Result<HashMap<String, i64>, CliErro
         let metadata = shared::blocking(|| probe.fetch_metadata(Some(&tier.topic), timeout))?;
         let mut total = 0;
         for t in metadata.topics() {
+            // A missing topic or one without partitions would count as "nothing deferred".
+            if let Some(e) = t.error() {
+                return Err(CliError::failed(
+                    format!(
+                        "{}: {}",
+                        tier.topic,
+                        rdkafka::error::RDKafkaErrorCode::from(e)
+                    ),
+                    "",
+                ));
+            }
+            if t.partitions().is_empty() {
+                return Err(CliError::failed(
+                    format!("{}: no partitions", tier.topic),
+                    "",
+                ));
+            }
             for p in t.partitions() {
                 let (_, high) =
                     shared::blocking(|| probe.fetch_watermarks(&tier.topic, p.id(), timeout))?;

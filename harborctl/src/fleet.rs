@@ -94,19 +94,15 @@ impl FromStr for Disruption {
         if !SERVICES.contains(&base) {
             return Err(format!("{base}: one of {}", SERVICES.join(", ")));
         }
-        match replica.parse::<usize>() {
-            Ok(1) => {}
-            Ok(n) if n > 1 && base == "delivery-consumer" => {}
+        // The number, not the text: `#02` and `#2` are one replica.
+        let service = match replica.parse::<usize>() {
+            Ok(1) => base.to_owned(),
+            Ok(n) if (2..=64).contains(&n) && base == "delivery-consumer" => format!("{base}#{n}"),
             _ => {
                 return Err(format!(
-                    "#{replica}: only delivery-consumer has replicas #2…"
+                    "#{replica}: only delivery-consumer has replicas, #2 to #64"
                 ));
             }
-        }
-        let service = if replica == "1" {
-            base.to_owned()
-        } else {
-            service.to_owned()
         };
         Ok(Self {
             service,
@@ -286,7 +282,44 @@ impl Fleet {
             .ok_or_else(|| CliError::failed(format!("{name} is not running"), hint))?;
         let launch = Launch::of(pid)
             .map_err(|e| CliError::failed(format!("{name} (pid {pid}): {e}"), hint))?;
+        // A stale pid file whose pid now belongs to another program must not be signalled.
+        let base = name.split('#').next().unwrap_or(name);
+        if launch.exe.file_name().and_then(|n| n.to_str()) != Some(base) {
+            return Err(CliError::failed(
+                format!(
+                    "{name}: pid {pid} in {} runs {}, not {base}",
+                    pid_file(name),
+                    launch.exe.display()
+                ),
+                hint,
+            ));
+        }
         Ok((pid, launch))
+    }
+
+    /// Refuses, before any load, disruptions of services that are not running or of replicas
+    /// the run will not have.
+    pub fn check(&self, disruptions: &[Disruption], replicas: usize) -> Result<(), CliError> {
+        for d in disruptions {
+            let n = d
+                .service
+                .split_once('#')
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+                .unwrap_or(1);
+            if n > replicas.max(1) {
+                return Err(CliError::usage(
+                    format!(
+                        "--disrupt {d}: the run has {} delivery-consumer replica(s); add --replicas {n}",
+                        replicas.max(1)
+                    ),
+                    "",
+                ));
+            }
+            if n == 1 {
+                self.launch_of(&d.service)?;
+            }
+        }
+        Ok(())
     }
 
     fn start(
@@ -315,6 +348,12 @@ impl Fleet {
         let (_, launch) = self.launch_of("delivery-consumer")?;
         for i in 2..=n {
             let name = format!("delivery-consumer#{i}");
+            if let Some(pid) = read_pid(&name).filter(|p| alive(*p)) {
+                return Err(CliError::failed(
+                    format!("{name} is already running (pid {pid})"),
+                    format!("stop it, or remove {} if it is stale", pid_file(&name)),
+                ));
+            }
             let port = 9102 + 10 * (i - 1);
             let addr = format!("127.0.0.1:{port}");
             self.start(
@@ -336,21 +375,28 @@ impl Fleet {
     /// Stops `name` as `stop` says and waits until it is gone.
     async fn stop(&mut self, name: &str, stop: Stop) -> Result<(), CliError> {
         let (pid, _) = self.launch_of(name)?;
-        let cpu = usage(pid).map_or(0.0, |u| u.0);
         let base = self
             .baseline
             .get(name)
             .filter(|b| b.0 == pid)
             .map_or(0.0, |b| b.1);
-        *self.retired.entry(name.to_owned()).or_default() += (cpu - base).max(0.0);
-        let signal = |sig: &str| {
-            Command::new("kill")
-                .args([sig, &pid.to_string()])
-                .status()
+        let signal = |sig: &'static str| async move {
+            let status = tokio::task::spawn_blocking(move || {
+                Command::new("kill").args([sig, &pid.to_string()]).status()
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            status
+                .map(drop)
                 .map_err(|e| CliError::failed(format!("kill {sig} {pid}: {e}"), ""))
         };
-        signal(if stop == Stop::Kill { "-KILL" } else { "-TERM" })?;
+        // The last CPU reading before the process vanished (a draining SIGTERMed process
+        // keeps working): counted once it is gone, never for a process still running.
+        let mut cpu = usage(pid).map_or(0.0, |u| u.0);
+        signal(if stop == Stop::Kill { "-KILL" } else { "-TERM" }).await?;
         let deadline = Instant::now() + GRACE;
+        let mut killed = stop == Stop::Kill;
         loop {
             if let Some(child) = self.children.get_mut(name) {
                 let _ = child.try_wait();
@@ -358,13 +404,20 @@ impl Fleet {
             if !alive(pid) {
                 break;
             }
-            if Instant::now() >= deadline {
-                signal("-KILL")?;
+            cpu = usage(pid).map_or(cpu, |u| u.0);
+            if !killed && Instant::now() >= deadline {
+                signal("-KILL").await?;
+                killed = true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Some(mut child) = self.children.remove(name) {
             let _ = child.wait();
+        }
+        *self.retired.entry(name.to_owned()).or_default() += (cpu - base).max(0.0);
+        if let Some(entry) = self.baseline.get_mut(name) {
+            // Not running until started again: `processes` reports it with pid null.
+            entry.0 = 0;
         }
         Ok(())
     }
@@ -393,14 +446,21 @@ impl Fleet {
         names.sort();
         names
             .into_iter()
-            .filter_map(|name| {
+            .map(|name| {
                 let (pid, base) = self.baseline[name];
-                let (cpu, rss) = usage(pid)?;
                 let retired = self.retired.get(name).copied().unwrap_or(0.0);
-                Some(json!({
-                    "service": name, "pid": pid, "cpu_seconds": cpu - base + retired,
-                    "peak_rss_mib": rss,
-                }))
+                // A service that is down (stopped and not back, or died) keeps its row: its
+                // CPU until then still counts, and the null pid says it is not running.
+                match (pid != 0 && alive(pid)).then(|| usage(pid)).flatten() {
+                    Some((cpu, rss)) => json!({
+                        "service": name, "pid": pid, "cpu_seconds": cpu - base + retired,
+                        "peak_rss_mib": rss,
+                    }),
+                    None => json!({
+                        "service": name, "pid": null, "cpu_seconds": retired,
+                        "peak_rss_mib": null,
+                    }),
+                }
             })
             .collect()
     }
@@ -439,6 +499,8 @@ mod tests {
         );
         let d: Disruption = "delivery-consumer#2:term@20".parse().expect("parses");
         assert_eq!(d.service, "delivery-consumer#2");
+        let d: Disruption = "delivery-consumer#02:term@20".parse().expect("parses");
+        assert_eq!(d.service, "delivery-consumer#2", "one name per replica");
         assert_eq!(
             "delivery-consumer#1:kill@1"
                 .parse::<Disruption>()
@@ -451,6 +513,7 @@ mod tests {
             "postgres:kill@1",
             "fanout-processor#2:kill@1",
             "delivery-consumer#0:kill@1",
+            "delivery-consumer#65:kill@1",
             "delivery-consumer:kill@-1",
             "delivery-consumer:kill@1+x",
             "delivery-consumer:kill@NaN",

@@ -63,7 +63,6 @@ async fn start_gateway(
     shutdown: CancellationToken,
 ) -> Result<Running, GatewayError> {
     let foundation = shared::service::prepare(NAME, &config).await?;
-    let verifier = auth::Verifier::new(config.gateway.auth.clone()).await?;
     // Publishing has its own producer whose message timeout is the publish deadline: when we
     // answer 503, librdkafka has given up on the record (see publish.rs).
     let mut kafka = config.kafka.clone();
@@ -74,6 +73,8 @@ async fn start_gateway(
 
     let mut registry = Registry::with_prefix("harborhook");
     let metrics = metrics::Metrics::register(&mut registry);
+    let verifier = auth::Verifier::new(config.gateway.auth.clone(), metrics.clone()).await?;
+    let keys = verifier.keys();
     let state = state::AppState::new(
         foundation.pool.clone(),
         kafka,
@@ -124,8 +125,10 @@ async fn start_gateway(
     });
 
     let listener = shared::service::bind(config.gateway.listen).await?;
-    let running =
-        shared::service::serve(listener, app, shutdown)?.with_task("rate-limit-pruner", pruner);
+    let refresher = tokio::spawn(keys.refresh_periodically(shutdown.clone()));
+    let running = shared::service::serve(listener, app, shutdown)?
+        .with_task("rate-limit-pruner", pruner)
+        .with_task("jwks-refresher", refresher);
     tracing::info!(addr = %running.local_addr, "gateway listening");
     Ok(running)
 }

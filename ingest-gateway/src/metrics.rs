@@ -1,6 +1,7 @@
 //! The gateway's metrics (all prefixed `harborhook_` by the registry):
 //! `events_published_total{tenant_id}`, `http_request_duration_seconds{route,status_class}`,
-//! `broker_produce_duration_seconds`.
+//! `broker_produce_duration_seconds`, and the token keys' freshness:
+//! `jwks_loaded_timestamp_seconds`, `jwks_keys`, `jwks_refresh_failures_total`.
 
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -36,6 +38,9 @@ pub struct Metrics {
     pub published: Family<TenantLabel, Counter>,
     pub requests: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub produce: Histogram,
+    jwks_loaded_at: Gauge,
+    jwks_keys: Gauge,
+    jwks_failures: Counter,
 }
 
 impl Metrics {
@@ -44,7 +49,25 @@ impl Metrics {
             published: Family::default(),
             requests: Family::new_with_constructor(latency_histogram),
             produce: latency_histogram(),
+            jwks_loaded_at: Gauge::default(),
+            jwks_keys: Gauge::default(),
+            jwks_failures: Counter::default(),
         };
+        registry.register(
+            "jwks_loaded_timestamp_seconds",
+            "When the token keys were last loaded (Unix time); alert when it falls behind jwks_cache_ttl",
+            metrics.jwks_loaded_at.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Usable signing keys in the loaded JWKS",
+            metrics.jwks_keys.clone(),
+        );
+        registry.register(
+            "jwks_refresh_failures",
+            "JWKS fetches that failed (the keys already loaded stay in use)",
+            metrics.jwks_failures.clone(),
+        );
         registry.register(
             "events_published",
             "Events accepted and acknowledged by the broker",
@@ -61,6 +84,15 @@ impl Metrics {
             metrics.produce.clone(),
         );
         metrics
+    }
+
+    pub fn jwks_loaded(&self, keys: usize) {
+        self.jwks_loaded_at.set(chrono::Utc::now().timestamp());
+        self.jwks_keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    pub fn jwks_refresh_failed(&self) {
+        self.jwks_failures.inc();
     }
 }
 

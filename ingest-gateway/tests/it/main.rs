@@ -4,6 +4,8 @@
 mod auth;
 mod broker_outage;
 mod common;
+mod idp_tokens;
+mod jwks_hostile;
 mod jwks_url;
 mod management;
 mod migration_doc;

@@ -7,6 +7,7 @@ mod bench;
 mod catch_up;
 mod chaos;
 mod deploy;
+mod direct_producers;
 mod dockerfile;
 mod e2e;
 mod headers;

@@ -368,3 +368,76 @@ fn the_idempotency_window_has_a_neutral_key_and_the_old_one_still_works() {
         Ok(())
     });
 }
+
+/// The manifests list every documented key, so an optional file is set to an empty value there:
+/// that must mean "unset", not a path "" that fails to open at start.
+#[test]
+fn an_empty_optional_path_is_unset() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("HARBORHOOK_DELIVERY__EXTRA_CA_FILE", "");
+        assert_eq!(load()?.delivery.extra_ca_file, None);
+        jail.set_env(
+            "HARBORHOOK_DELIVERY__EXTRA_CA_FILE",
+            "/etc/harborhook/ca.pem",
+        );
+        assert_eq!(
+            load()?.delivery.extra_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/harborhook/ca.pem"))
+        );
+        Ok(())
+    });
+}
+
+/// Keys fetched over plain HTTP can be swapped by anyone on the path: an `http://` JWKS URL is
+/// refused unless the development switch says otherwise; claim settings come from one
+/// environment variable each.
+#[test]
+fn an_http_jwks_url_needs_the_dev_switch_and_claim_settings_load() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env(
+            "HARBORHOOK_GATEWAY__AUTH__JWKS_URL",
+            "http://idp.internal/jwks.json",
+        );
+        let err = load_error().to_string();
+        assert!(
+            err.contains("gateway.auth.jwks_url") && err.contains("allow_insecure_jwks_url"),
+            "{err}"
+        );
+        jail.set_env("HARBORHOOK_GATEWAY__AUTH__ALLOW_INSECURE_JWKS_URL", "true");
+        jail.set_env(
+            "HARBORHOOK_GATEWAY__AUTH__TENANT_CLAIM",
+            "harborhook.tenant_id",
+        );
+        jail.set_env(
+            "HARBORHOOK_GATEWAY__AUTH__OPERATOR_CLAIMS",
+            "realm_access.roles, scope",
+        );
+        jail.set_env(
+            "HARBORHOOK_GATEWAY__AUTH__OPERATOR_SCOPE",
+            "harborhook-operator",
+        );
+        let auth = load()?.gateway.auth;
+        assert_eq!(auth.tenant_claim, "harborhook.tenant_id");
+        assert_eq!(auth.operator_claims, ["realm_access.roles", "scope"]);
+        assert_eq!(auth.operator_scope, "harborhook-operator");
+        jail.set_env("HARBORHOOK_GATEWAY__AUTH__OPERATOR_SCOPE", "two words");
+        assert!(
+            load_error()
+                .to_string()
+                .contains("gateway.auth.operator_scope")
+        );
+        jail.set_env(
+            "HARBORHOOK_GATEWAY__AUTH__OPERATOR_SCOPE",
+            "harborhook-operator",
+        );
+        jail.set_env("HARBORHOOK_GATEWAY__AUTH__JWKS_MAX_BYTES", "10");
+        assert!(
+            load_error()
+                .to_string()
+                .contains("gateway.auth.jwks_max_bytes")
+        );
+        Ok(())
+    });
+}

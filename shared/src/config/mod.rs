@@ -9,6 +9,9 @@
 //!
 //! Every key, its default and its meaning are listed in docs/configuration.md.
 
+mod auth;
+pub use auth::AuthConfig;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -32,7 +35,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         reason: reason.into(),
@@ -276,37 +279,6 @@ impl Default for GatewayConfig {
     }
 }
 
-/// How the gateway verifies bearer tokens.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// JWKS document URL (fetched, cached, refreshed on an unknown `kid`).
-    pub jwks_url: Option<String>,
-    /// JWKS file (read at start, re-read on an unknown `kid`). Used when `jwks_url` is unset.
-    pub jwks_file: Option<String>,
-    pub issuer: String,
-    pub audience: String,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    #[serde(deserialize_with = "duration")]
-    pub leeway: Duration,
-    /// How long fetched keys are trusted before a refetch.
-    #[serde(deserialize_with = "duration")]
-    pub jwks_cache_ttl: Duration,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            jwks_url: None,
-            jwks_file: Some(".stack/auth/jwks.json".into()),
-            issuer: "harborhook-dev".into(),
-            audience: "harborhook".into(),
-            leeway: Duration::from_secs(30),
-            jwks_cache_ttl: Duration::from_secs(300),
-        }
-    }
-}
-
 /// The fanout-processor.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -369,7 +341,8 @@ pub struct DeliveryConfig {
     #[serde(deserialize_with = "strings")]
     pub ssrf_allow: Vec<String>,
     /// A PEM bundle of CA certificates trusted for endpoints besides the system's roots (for
-    /// receivers behind a private CA); unset: the system's roots only.
+    /// receivers behind a private CA); unset or empty: the system's roots only.
+    #[serde(default, deserialize_with = "optional_path")]
     pub extra_ca_file: Option<std::path::PathBuf>,
     pub user_agent: String,
     /// The most of a response body read before the connection is dropped.
@@ -673,24 +646,7 @@ impl Config {
         if g.publish_timeout < Duration::from_millis(100) {
             return Err(invalid("gateway.publish_timeout", "must be at least 100ms"));
         }
-        match (&g.auth.jwks_url, &g.auth.jwks_file) {
-            (None, None) => {
-                return Err(invalid(
-                    "gateway.auth.jwks_url",
-                    "set jwks_url or jwks_file",
-                ));
-            }
-            (Some(url), _) if !(url.starts_with("https://") || url.starts_with("http://")) => {
-                return Err(invalid("gateway.auth.jwks_url", "must be an http(s) URL"));
-            }
-            _ => {}
-        }
-        if g.auth.issuer.is_empty() || g.auth.audience.is_empty() {
-            return Err(invalid(
-                "gateway.auth.issuer",
-                "issuer and audience must be set",
-            ));
-        }
+        g.auth.validate()?;
         if !(1..=64).contains(&self.fanout.workers) {
             return Err(invalid("fanout.workers", "must be between 1 and 64"));
         }
@@ -915,7 +871,7 @@ fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
 }
 
 /// `"90s"`, `"5m"`, `"24h"`, `"250ms"`.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(text.trim()).map_err(serde::de::Error::custom)
 }
@@ -924,9 +880,17 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
     duration(d).map(Some)
 }
 
+/// A path where an empty value means unset, so a manifest can list the key (every documented
+/// key is set in every pod) without naming a file: `HARBORHOOK_DELIVERY__EXTRA_CA_FILE=`.
+fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::path::PathBuf>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    Ok((!text.is_empty()).then(|| text.into()))
+}
+
 /// A list of strings, as a TOML/figment array or a comma-separated string (one environment
 /// variable: `HARBORHOOK_DELIVERY__SSRF_ALLOW=127.0.0.0/8,::1/128`).
-fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
