@@ -5,10 +5,11 @@
 //! endpoint ids. Every span also gets an OpenTelemetry span (tracing-opentelemetry), whether or
 //! not an exporter is configured: that is what gives a span a trace id to put in Kafka headers.
 //! With an OTLP endpoint (`telemetry.otlp_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`) spans are
-//! also exported over OTLP/HTTP in batches.
+//! also exported over OTLP/HTTP in batches, over TLS (rustls with ring, as outbound webhooks)
+//! for an `https://` endpoint, trusting the system's roots and `telemetry.otlp_ca_file`.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
@@ -25,6 +26,56 @@ pub enum TelemetryError {
         endpoint: String,
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    #[error("telemetry.otlp_ca_file {path}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("telemetry.otlp_ca_file {path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("building the OTLP HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// The exporter's HTTP client: rustls, the system's roots plus `ca_file`. Built on a thread of
+/// its own: a blocking reqwest client owns a runtime, which may not be created (or dropped)
+/// inside the async runtime the services call `init` from.
+fn otlp_client(
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::blocking::Client, TelemetryError> {
+    let mut roots = Vec::new();
+    if let Some(path) = ca_file {
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|source| TelemetryError::CaFile {
+            path: shown.clone(),
+            source,
+        })?;
+        roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+            TelemetryError::NoCertificate {
+                path: shown.clone(),
+            }
+        })?;
+        if roots.is_empty() {
+            return Err(TelemetryError::NoCertificate { path: shown });
+        }
+    }
+    // rustls with ring, as the delivery-consumer's outbound client; an error means a provider
+    // is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::thread::spawn(move || {
+        roots
+            .into_iter()
+            .fold(
+                reqwest::blocking::Client::builder()
+                    .tls_backend_rustls()
+                    .timeout(std::time::Duration::from_secs(10)),
+                reqwest::blocking::ClientBuilder::add_root_certificate,
+            )
+            .build()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    .map_err(TelemetryError::Client)
 }
 
 /// Flushes and stops trace export when dropped; keep it alive for the life of the process.
@@ -52,6 +103,7 @@ pub fn init(
         let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(otlp_client(config.otlp_ca_file.as_deref())?)
             .with_endpoint(url)
             .build()
             .map_err(|source| TelemetryError::Exporter {

@@ -226,6 +226,10 @@ impl Default for RetryConfig {
 pub struct TelemetryConfig {
     /// OTLP/HTTP endpoint for traces; `OTEL_EXPORTER_OTLP_ENDPOINT` is used when this is unset.
     pub otlp_endpoint: Option<String>,
+    /// A PEM bundle trusted for an `https://` collector besides the system's roots (a collector
+    /// behind a private CA); unset or empty: the system's roots only.
+    #[serde(default, deserialize_with = "optional_path")]
+    pub otlp_ca_file: Option<std::path::PathBuf>,
     /// `json` (default) or `text` for people reading a terminal.
     pub log_format: LogFormat,
 }
