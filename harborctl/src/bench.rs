@@ -188,9 +188,19 @@ pub async fn run(
         tenants.push(tenant);
     }
     let mut fleet = Fleet::sample();
-    fleet.check(&args.disruptions, args.replicas)?;
-    fleet.add_replicas(args.replicas).await?;
-    let tiers_before = tier_records(config)?;
+    fleet.check(&args.disruptions, args.replicas, args.seconds)?;
+    // From here on every error path stops the replicas this run added.
+    if let Err(e) = fleet.add_replicas(args.replicas).await {
+        fleet.stop_replicas().await;
+        return Err(e);
+    }
+    let tiers_before = match tier_records(config) {
+        Ok(t) => t,
+        Err(e) => {
+            fleet.stop_replicas().await;
+            return Err(e);
+        }
+    };
 
     // Publish.
     let filler = "x".repeat(args.payload_bytes);
@@ -234,9 +244,16 @@ pub async fn run(
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();
-    let (mut fleet, windows) = disrupting
+    let (mut fleet, windows) = match disrupting
         .await
-        .map_err(|e| CliError::failed(format!("disruptions: {e}"), ""))??;
+        .map_err(|e| CliError::failed(format!("disruptions: {e}"), ""))?
+    {
+        Ok(done) => done,
+        Err((mut fleet, e)) => {
+            fleet.stop_replicas().await;
+            return Err(e);
+        }
+    };
     // Drain: until every healthy delivery arrived, or 15 s without progress — 45 s after a
     // disruption, since a SIGKILLed member holds its partitions for the group's session
     // timeout (kafka.session_timeout_ms, 30 s) before anyone else may read them.
@@ -406,12 +423,16 @@ async fn disrupt(
     mut plan: Vec<Disruption>,
     start: Instant,
     quiet: bool,
-) -> Result<(Fleet, Vec<Window>), CliError> {
+) -> Result<(Fleet, Vec<Window>), (Fleet, CliError)> {
     plan.sort_by_key(|d| d.at);
     let mut windows = Vec::new();
     for spec in plan {
         tokio::time::sleep_until((start + spec.at).into()).await;
-        let (stopped, started, ready) = fleet.disrupt(&spec).await?;
+        // The fleet comes back with the error too, so the caller can stop the replicas.
+        let (stopped, started, ready) = match fleet.disrupt(&spec).await {
+            Ok(w) => w,
+            Err(e) => return Err((fleet, e)),
+        };
         if !quiet {
             eprintln!(
                 "\n  {spec}: stopped at {:.1} s, started again at {:.1} s, ready {}",

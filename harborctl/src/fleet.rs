@@ -299,7 +299,37 @@ impl Fleet {
 
     /// Refuses, before any load, disruptions of services that are not running or of replicas
     /// the run will not have.
-    pub fn check(&self, disruptions: &[Disruption], replicas: usize) -> Result<(), CliError> {
+    pub fn check(
+        &self,
+        disruptions: &[Disruption],
+        replicas: usize,
+        seconds: u64,
+    ) -> Result<(), CliError> {
+        if !(1..=64).contains(&replicas) {
+            return Err(CliError::usage("--replicas: 1 to 64", ""));
+        }
+        let mut plan: Vec<&Disruption> = disruptions.iter().collect();
+        plan.sort_by_key(|d| d.at);
+        for (i, d) in plan.iter().enumerate() {
+            if d.at >= Duration::from_secs(seconds) {
+                return Err(CliError::usage(
+                    format!("--disrupt {d}: at or after the load's end ({seconds} s)"),
+                    "",
+                ));
+            }
+            // One service is down once at a time: a second stop during the first's downtime
+            // would run late and be reported under the wrong time.
+            if let Some(prev) = plan[..i]
+                .iter()
+                .rev()
+                .find(|p| p.service == d.service && p.at + p.down >= d.at)
+            {
+                return Err(CliError::usage(
+                    format!("--disrupt {d}: {} is still down then ({prev})", d.service),
+                    "",
+                ));
+            }
+        }
         for d in disruptions {
             let n = d
                 .service
@@ -386,10 +416,17 @@ impl Fleet {
             })
             .await
             .map_err(std::io::Error::other)
-            .and_then(|r| r);
-            status
-                .map(drop)
-                .map_err(|e| CliError::failed(format!("kill {sig} {pid}: {e}"), ""))
+            .and_then(|r| r)
+            .map_err(|e| CliError::failed(format!("kill {sig} {pid}: {e}"), ""))?;
+            // `kill` fails when the process is gone already (fine) or is not ours (not fine).
+            if status.success() || !alive(pid) {
+                Ok(())
+            } else {
+                Err(CliError::failed(
+                    format!("kill {sig} {pid} failed ({status})"),
+                    "",
+                ))
+            }
         };
         // The last CPU reading before the process vanished (a draining SIGTERMed process
         // keeps working): counted once it is gone, never for a process still running.
@@ -397,6 +434,7 @@ impl Fleet {
         signal(if stop == Stop::Kill { "-KILL" } else { "-TERM" }).await?;
         let deadline = Instant::now() + GRACE;
         let mut killed = stop == Stop::Kill;
+        let mut killed_at = Instant::now();
         loop {
             if let Some(child) = self.children.get_mut(name) {
                 let _ = child.try_wait();
@@ -408,6 +446,13 @@ impl Fleet {
             if !killed && Instant::now() >= deadline {
                 signal("-KILL").await?;
                 killed = true;
+                killed_at = Instant::now();
+            }
+            if killed && killed_at.elapsed() > Duration::from_secs(10) {
+                return Err(CliError::failed(
+                    format!("{name} (pid {pid}) is still alive 10 s after SIGKILL"),
+                    "it may be stuck in the kernel (state D): see /proc/PID/stat",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -479,6 +524,32 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plans_that_cannot_run_as_written_are_refused_before_the_load() {
+        let fleet = Fleet::default();
+        let d = |s: &str| s.parse::<Disruption>().expect("parses");
+        let refused = |plan: &[Disruption], replicas: usize| {
+            fleet
+                .check(plan, replicas, 30)
+                .err()
+                .map(|e| e.message)
+                .unwrap_or_default()
+        };
+        assert!(refused(&[], 0).contains("--replicas"));
+        assert!(refused(&[], 65).contains("--replicas"));
+        assert!(refused(&[d("fanout-processor:kill@30")], 1).contains("load's end"));
+        assert!(
+            refused(
+                &[d("delivery-consumer:term@20"), d("delivery-consumer:kill@10+60")],
+                1
+            )
+            .contains("still down")
+        );
+        assert!(refused(&[d("delivery-consumer#3:kill@5")], 2).contains("--replicas 3"));
+        // Valid plans get as far as looking for the running service (none here).
+        assert!(refused(&[d("fanout-processor:kill@5")], 1).contains("is not running"));
+    }
 
     #[test]
     fn disruptions_parse_and_bad_ones_say_why() {

@@ -125,8 +125,10 @@ async fn start_gateway(
     });
 
     let listener = shared::service::bind(config.gateway.listen).await?;
-    let refresher = tokio::spawn(keys.refresh_periodically(shutdown.clone()));
-    let running = shared::service::serve(listener, app, shutdown)?
+    let serving = shared::service::serve(listener, app, shutdown.clone())?;
+    // Spawned once serving started, so a failed start leaves no task behind.
+    let refresher = tokio::spawn(keys.refresh_periodically(shutdown));
+    let running = serving
         .with_task("rate-limit-pruner", pruner)
         .with_task("jwks-refresher", refresher);
     tracing::info!(addr = %running.local_addr, "gateway listening");

@@ -55,7 +55,7 @@ impl Metrics {
         };
         registry.register(
             "jwks_loaded_timestamp_seconds",
-            "When the token keys were last loaded (Unix time); alert when it falls behind jwks_cache_ttl",
+            "When the token keys were last loaded (Unix time); far behind jwks_cache_ttl means refreshes fail",
             metrics.jwks_loaded_at.clone(),
         );
         registry.register(

@@ -10,10 +10,11 @@
 //!   exposure is bounded by how long the provider stays down (`harborhook_jwks_loaded_timestamp_seconds`
 //!   makes it visible and alertable).
 //! - a token whose `kid` is not in the set (a key the provider published since): that one
-//!   request waits for a fetch, at most one per [`REFRESH_MIN_INTERVAL`], so a flood of
-//!   made-up `kid`s cannot become a flood of fetches, and no request with a known `kid` ever
-//!   waits behind it. The fetches are single-flight: callers arriving during a fetch wait for
-//!   that one and then look again.
+//!   request waits for a fetch, at most one per [`REFRESH_MIN_INTERVAL`] (counting these
+//!   fetches only, so a short TTL cannot keep a new key out), so a flood of made-up `kid`s
+//!   cannot become a flood of fetches; within the interval such a token is refused at once, and
+//!   no request with a known `kid` ever waits. Fetches are single-flight: a caller arriving
+//!   during one waits for it and then looks again.
 //!
 //! Which algorithms a key verifies comes from the key, never from the token: its `alg` when the
 //! JWK names one, else its type (RSA: RS/PS 256–512; EC: by curve; OKP Ed25519: EdDSA). A
@@ -67,8 +68,11 @@ struct Inner {
     http: reqwest::Client,
     current: RwLock<Arc<KeySet>>,
     loaded_at: RwLock<Instant>,
-    /// Serialises fetches and remembers when the last one started.
-    fetching: tokio::sync::Mutex<Option<Instant>>,
+    /// Serialises fetches (single flight).
+    fetching: tokio::sync::Mutex<()>,
+    /// When the last fetch for an unknown kid started: the background refresh does not count,
+    /// or a short TTL would keep a newly published key out.
+    last_unknown: std::sync::Mutex<Option<Instant>>,
     metrics: Metrics,
 }
 
@@ -87,7 +91,11 @@ const RSA_ALGORITHMS: [Algorithm; 6] = [
 
 /// The algorithms `jwk` may verify, or none when it is not a signing key we accept.
 fn algorithms_of(jwk: &Jwk) -> Vec<Algorithm> {
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+    // A key for anything but signatures (`enc`, or a use we do not know) verifies nothing.
+    if !matches!(
+        jwk.common.public_key_use,
+        None | Some(PublicKeyUse::Signature)
+    ) {
         return Vec::new();
     }
     let by_type: Vec<Algorithm> = match &jwk.algorithm {
@@ -130,6 +138,11 @@ fn parse(text: &[u8]) -> Result<KeySet, JwksError> {
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;
         };
+        // Two keys under one kid would make the choice arbitrary: the first one stays.
+        if keys.contains_key(&kid) {
+            tracing::warn!(kid, "JWKS lists the kid twice; the later key is ignored");
+            continue;
+        }
         keys.insert(kid, KeyEntry { key, algorithms });
     }
     if keys.is_empty() {
@@ -143,8 +156,10 @@ impl Keys {
     pub async fn load(config: AuthConfig, metrics: Metrics) -> Result<Self, JwksError> {
         config.validate()?;
         let url = config.jwks_url.clone().unwrap_or_default();
+        // https_only also refuses a redirect from https to http (keys in the clear).
         let http = reqwest::Client::builder()
             .timeout(config.jwks_fetch_timeout)
+            .https_only(!config.allow_insecure_jwks_url)
             .build()
             .map_err(|source| JwksError::Fetch {
                 url: url.clone(),
@@ -155,7 +170,8 @@ impl Keys {
             http,
             current: RwLock::new(Arc::new(HashMap::new())),
             loaded_at: RwLock::new(Instant::now()),
-            fetching: tokio::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            last_unknown: std::sync::Mutex::new(None),
             metrics,
         }));
         let first = keys.fetch().await?;
@@ -205,14 +221,23 @@ impl Keys {
                 path: path.clone(),
                 source,
             };
-            let len = tokio::fs::metadata(&path).await.map_err(file)?.len();
-            if usize::try_from(len).map_or(true, |len| len > max) {
+            // Read through a limit, not by the size the file claims (it may grow, or be a
+            // device that reports none).
+            use tokio::io::AsyncReadExt as _;
+            let opened = tokio::fs::File::open(&path).await.map_err(file)?;
+            let mut body = Vec::new();
+            opened
+                .take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+                .read_to_end(&mut body)
+                .await
+                .map_err(file)?;
+            if body.len() > max {
                 return Err(JwksError::TooLarge {
                     source_name: path,
                     max,
                 });
             }
-            tokio::fs::read(&path).await.map_err(file)?
+            body
         };
         parse(&text)
     }
@@ -254,12 +279,11 @@ impl Keys {
 
     /// Fetches and installs, unless `skip` says the fetch is no longer needed once this caller
     /// holds the fetch lock (another caller's fetch brought what it wanted).
-    async fn refresh(&self, reason: &'static str, skip: impl Fn(&Self, Option<Instant>) -> bool) {
-        let mut last = self.0.fetching.lock().await;
-        if skip(self, *last) {
+    async fn refresh(&self, reason: &'static str, skip: impl Fn(&Self) -> bool) {
+        let _single_flight = self.0.fetching.lock().await;
+        if skip(self) {
             return;
         }
-        *last = Some(Instant::now());
         match self.fetch().await {
             Ok(set) => {
                 tracing::info!(reason, keys = set.len(), "reloaded JWKS");
@@ -275,9 +299,28 @@ impl Keys {
 
     /// For a token naming `kid`, which the set lacks: fetch once (rate-limited) and look again.
     pub async fn refresh_for_unknown(&self, kid: &str) -> Arc<KeySet> {
-        self.refresh("unknown kid", |keys, last| {
-            keys.current().contains_key(kid)
-                || last.is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL)
+        // Checked before queueing for the fetch lock too: within the interval a made-up kid is
+        // refused at once instead of waiting behind a slow fetch.
+        let recent = || {
+            self.0
+                .last_unknown
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL)
+        };
+        if recent() {
+            return self.current();
+        }
+        self.refresh("unknown kid", |keys| {
+            if keys.current().contains_key(kid) || recent() {
+                return true;
+            }
+            *keys
+                .0
+                .last_unknown
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+            false
         })
         .await;
         self.current()
@@ -299,7 +342,7 @@ impl Keys {
             // progress is abandoned at shutdown rather than waited out.
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.refresh("cache expired", |keys, _| keys.loaded_at().elapsed() < ttl) => {}
+                () = self.refresh("cache expired", |keys| keys.loaded_at().elapsed() < ttl) => {}
             }
             backoff = if self.loaded_at() > before {
                 REFRESH_MIN_INTERVAL.min(ttl)

@@ -181,7 +181,8 @@ fn okta(tenant: Option<&str>, now: i64) -> Value {
         "aud": "api://harborhook",
         "iat": now, "exp": now + 3600,
         "cid": "0oa1b2c3d4e5f6g7h8i9", "uid": "00u1a2b3c4d5e6f7g8h9",
-        "scp": if tenant.is_some() { json!(["openid", "harborhook:publish"]) } else { json!(["harborhook:operator"]) },
+        "scp": ["openid", "harborhook:publish"],
+        "groups": if tenant.is_some() { json!(["Everyone"]) } else { json!(["Everyone", "harborhook-operators"]) },
         "auth_time": now - 60,
         "sub": "ops@example.com",
     });
@@ -193,7 +194,7 @@ fn okta(tenant: Option<&str>, now: i64) -> Value {
 
 fn entra(tenant: Option<&str>, now: i64) -> Value {
     let mut claims = json!({
-        "aud": "api://6e74172b-be56-4843-9ff4-e66a39bb12e3",
+        "aud": "6e74172b-be56-4843-9ff4-e66a39bb12e3",
         "iss": "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0",
         "iat": now, "nbf": now, "exp": now + 3900,
         "aio": "E2ZgYJh8sGt7l/rPV3v9y8sZ5dXJAA==",
@@ -250,21 +251,26 @@ const SHAPES: [Shape; 5] = [
             a.issuer = "https://acme.us.auth0.com/".into();
             a.audience = "harborhook".into();
             a.tenant_claim = "https://harborhook.example/tenant_id".into();
-            a.operator_claims = vec!["permissions".into(), "scope".into()];
+            // RBAC on: `permissions` holds what the user was granted; `scope` (what was asked
+            // for) grants nothing.
+            a.operator_claims = vec!["permissions".into()];
             a.operator_scope = "harborhook:operator".into();
         },
         claims: auth0,
-        stray_operator: |c| c["roles"] = json!(["harborhook:operator"]),
+        stray_operator: |c| c["scope"] = json!("openid harborhook:operator"),
     },
     Shape {
         name: "okta",
         settings: |a| {
             a.issuer = "https://acme.okta.com/oauth2/default".into();
             a.audience = "api://harborhook".into();
-            a.operator_claims = vec!["scp".into()];
+            // A groups claim: a custom scope is granted to whoever asks unless a policy says
+            // otherwise, so it is no place for an operator right.
+            a.operator_claims = vec!["groups".into()];
+            a.operator_scope = "harborhook-operators".into();
         },
         claims: okta,
-        stray_operator: |c| c["groups"] = json!(["harborhook:operator"]),
+        stray_operator: |c| c["scp"] = json!(["harborhook-operators"]),
     },
     Shape {
         name: "entra",
@@ -272,7 +278,8 @@ const SHAPES: [Shape; 5] = [
             a.issuer =
                 "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
                     .into();
-            a.audience = "api://6e74172b-be56-4843-9ff4-e66a39bb12e3".into();
+            // v2 tokens carry the application (client) id as `aud`.
+            a.audience = "6e74172b-be56-4843-9ff4-e66a39bb12e3".into();
             a.tenant_claim = "harborhook_tenant".into();
             a.operator_claims = vec!["roles".into()];
             a.operator_scope = "Harborhook.Operator".into();

@@ -98,10 +98,12 @@ impl AuthConfig {
                 "issuer and audience must be set",
             ));
         }
-        if self.jwks_cache_ttl < Duration::from_secs(1) {
+        // Capped so that keys a provider removed stop verifying soon, and so the stale-keys
+        // alert (30 minutes) means refreshes fail, not a long TTL.
+        if !(Duration::from_secs(1)..=Duration::from_secs(900)).contains(&self.jwks_cache_ttl) {
             return Err(invalid(
                 "gateway.auth.jwks_cache_ttl",
-                "must be at least 1s",
+                "must be between 1s and 15m",
             ));
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(60))
