@@ -24,14 +24,8 @@ pub enum ClientError {
     Allow(#[from] ipnet::AddrParseError),
     #[error("building the HTTP client")]
     Build(#[from] reqwest::Error),
-    #[error("reading delivery.extra_ca_file {path}")]
-    ExtraCa {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("delivery.extra_ca_file {0} holds no PEM certificate")]
-    NoCertificate(String),
+    #[error(transparent)]
+    ExtraCa(#[from] shared::tls::CaFileError),
 }
 
 #[derive(Clone)]
@@ -58,33 +52,17 @@ pub struct Exchange {
 
 const BUCKET_MS: u32 = 250;
 
-/// The CA certificates of `delivery.extra_ca_file`; a file that cannot be read or holds no
-/// certificate stops the service at start rather than failing every HTTPS delivery later.
-fn extra_roots(path: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificate>, ClientError> {
-    let Some(path) = path else {
-        return Ok(Vec::new());
-    };
-    let shown = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| ClientError::ExtraCa {
-        path: shown.clone(),
-        source,
-    })?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)?;
-    if certs.is_empty() {
-        return Err(ClientError::NoCertificate(shown));
-    }
-    Ok(certs)
-}
-
 impl Http {
     pub fn new(config: &DeliveryConfig) -> Result<Self, ClientError> {
-        // The process-wide rustls provider; an error means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        shared::tls::install_provider();
         let http = Self {
             policy: Policy::new(&config.ssrf_allow)?,
             user_agent: config.user_agent.clone(),
             max_response_bytes: config.max_response_bytes,
-            extra_roots: extra_roots(config.extra_ca_file.as_deref())?,
+            extra_roots: shared::tls::extra_roots(
+                "delivery.extra_ca_file",
+                config.extra_ca_file.as_deref(),
+            )?,
             clients: Arc::default(),
         };
         // Fail at start, not on the first delivery, if the client cannot be built.

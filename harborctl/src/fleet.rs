@@ -541,7 +541,10 @@ mod tests {
         assert!(refused(&[d("fanout-processor:kill@30")], 1).contains("load's end"));
         assert!(
             refused(
-                &[d("delivery-consumer:term@20"), d("delivery-consumer:kill@10+60")],
+                &[
+                    d("delivery-consumer:term@20"),
+                    d("delivery-consumer:kill@10+60")
+                ],
                 1
             )
             .contains("still down")

@@ -21,6 +21,7 @@ pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod text;
+pub mod tls;
 pub mod versioned;
 
 pub use config::Config;

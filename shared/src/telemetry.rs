@@ -26,13 +26,8 @@ pub enum TelemetryError {
         endpoint: String,
         source: opentelemetry_otlp::ExporterBuildError,
     },
-    #[error("telemetry.otlp_ca_file {path}")]
-    CaFile {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("telemetry.otlp_ca_file {path} holds no PEM certificate")]
-    NoCertificate { path: String },
+    #[error(transparent)]
+    CaFile(#[from] crate::tls::CaFileError),
     #[error("building the OTLP HTTP client")]
     Client(#[source] reqwest::Error),
 }
@@ -43,25 +38,8 @@ pub enum TelemetryError {
 fn otlp_client(
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::blocking::Client, TelemetryError> {
-    let mut roots = Vec::new();
-    if let Some(path) = ca_file {
-        let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|source| TelemetryError::CaFile {
-            path: shown.clone(),
-            source,
-        })?;
-        roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
-            TelemetryError::NoCertificate {
-                path: shown.clone(),
-            }
-        })?;
-        if roots.is_empty() {
-            return Err(TelemetryError::NoCertificate { path: shown });
-        }
-    }
-    // rustls with ring, as the delivery-consumer's outbound client; an error means a provider
-    // is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let roots = crate::tls::extra_roots("telemetry.otlp_ca_file", ca_file)?;
+    crate::tls::install_provider();
     std::thread::spawn(move || {
         roots
             .into_iter()

@@ -41,6 +41,8 @@ pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 pub enum JwksError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    CaFile(#[from] shared::tls::CaFileError),
     #[error("reading JWKS file {path}")]
     File {
         path: String,
@@ -156,8 +158,17 @@ impl Keys {
     pub async fn load(config: AuthConfig, metrics: Metrics) -> Result<Self, JwksError> {
         config.validate()?;
         let url = config.jwks_url.clone().unwrap_or_default();
-        // https_only also refuses a redirect from https to http (keys in the clear).
-        let http = reqwest::Client::builder()
+        // rustls, as every outbound client of ours; https_only also refuses a redirect from
+        // https to http (keys in the clear).
+        shared::tls::install_provider();
+        let roots =
+            shared::tls::extra_roots("gateway.auth.jwks_ca_file", config.jwks_ca_file.as_deref())?;
+        let http = roots
+            .into_iter()
+            .fold(
+                reqwest::Client::builder().tls_backend_rustls(),
+                reqwest::ClientBuilder::add_root_certificate,
+            )
             .timeout(config.jwks_fetch_timeout)
             .https_only(!config.allow_insecure_jwks_url)
             .build()

@@ -161,3 +161,49 @@ async fn an_http_jwks_url_needs_the_dev_switch() -> anyhow::Result<()> {
     assert!(text.contains("allow_insecure_jwks_url"), "{text}");
     Ok(())
 }
+
+/// An identity provider behind a private CA (an in-cluster Keycloak, say): its JWKS over https
+/// verifies with `jwks_ca_file`, and without it the gateway refuses to start (the certificate is
+/// checked, the handshake refused) rather than trust keys it cannot authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_jwks_behind_a_private_ca_needs_its_ca_file() -> anyhow::Result<()> {
+    let es = DevKeys::generate()?;
+    let set = Arc::new(Mutex::new(es.jwks()));
+    let app = Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let set = set.clone();
+            async move { axum::Json(set.lock().expect("lock").clone()) }
+        }),
+    );
+    let idp = shared::testing::tls::serve(app).await?;
+    let url = format!("{}/jwks.json", idp.url);
+
+    let refused = App::spawn_with(|c| {
+        c.gateway.auth.jwks_url = Some(url.clone());
+        c.gateway.auth.jwks_file = None;
+    })
+    .await;
+    let err = format!(
+        "{:#}",
+        refused
+            .err()
+            .expect("an unverifiable JWKS server is refused")
+    );
+    assert!(err.contains("fetching JWKS from"), "{err}");
+    assert!(idp.refused() > 0, "the handshake was tried and refused");
+
+    let ca = std::env::temp_dir().join(format!("hh-jwks-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, &idp.ca_pem)?;
+    let app = App::spawn_with(|c| {
+        c.gateway.auth.jwks_url = Some(url.clone());
+        c.gateway.auth.jwks_file = None;
+        c.gateway.auth.jwks_ca_file = Some(ca.clone());
+    })
+    .await?;
+    let token = es.issue(&app.claims(None, true))?;
+    let (status, body) = app.json(Method::GET, "/v1/dlq", Some(&token), None).await?;
+    assert_eq!(status, 200, "keys from the https JWKS verify: {body}");
+    let _ = std::fs::remove_file(&ca);
+    app.stop().await
+}

@@ -32,6 +32,10 @@ pub struct AuthConfig {
     pub jwks_fetch_timeout: Duration,
     /// The largest JWKS document read; a larger one is refused, not buffered.
     pub jwks_max_bytes: usize,
+    /// A PEM bundle trusted for the `jwks_url` server besides the system's roots (an identity
+    /// provider behind a private CA, e.g. in-cluster Keycloak); unset or empty: system roots.
+    #[serde(default, deserialize_with = "super::optional_path")]
+    pub jwks_ca_file: Option<std::path::PathBuf>,
     /// Allows an `http://` `jwks_url` (development against a local identity provider only: keys
     /// fetched in the clear can be replaced by anyone on the path).
     pub allow_insecure_jwks_url: bool,
@@ -59,6 +63,7 @@ impl Default for AuthConfig {
             jwks_cache_ttl: Duration::from_secs(300),
             jwks_fetch_timeout: Duration::from_secs(5),
             jwks_max_bytes: 256 * 1024,
+            jwks_ca_file: None,
             allow_insecure_jwks_url: false,
             tenant_claim: "tenant_id".into(),
             operator_claims: vec!["scope".into(), "scp".into()],

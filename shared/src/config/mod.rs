@@ -886,7 +886,9 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 
 /// A path where an empty value means unset, so a manifest can list the key (every documented
 /// key is set in every pod) without naming a file: `HARBORHOOK_DELIVERY__EXTRA_CA_FILE=`.
-fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::path::PathBuf>, D::Error> {
+pub(crate) fn optional_path<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
     let text = String::deserialize(d)?;
     let text = text.trim();
     Ok((!text.is_empty()).then(|| text.into()))

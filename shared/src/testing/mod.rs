@@ -3,6 +3,7 @@
 //! `KAFKA_BOOTSTRAP`, and its cleanup. Enabled by the `test-support` feature.
 
 mod broker;
+pub mod tls;
 
 pub use broker::{BrokerDb, BrokerGuard, PrivatePostgres, TestDb, free_port, start_broker};
 

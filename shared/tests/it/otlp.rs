@@ -56,62 +56,10 @@ async fn spans_are_exported_to_the_collector() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A collector on loopback behind TLS with a `localhost` certificate from a throwaway CA;
-/// counts the exports it receives and the handshakes that failed (a client that refused its
-/// certificate).
-struct TlsCollector {
-    exports: Arc<Mutex<usize>>,
-    refused: Arc<Mutex<usize>>,
-    url: String,
-    ca_pem: String,
-}
-
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    refused: Arc<Mutex<usize>>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((stream, peer)) = self.tcp.accept().await else {
-                continue;
-            };
-            match tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, peer),
-                _ => *self.refused.lock().expect("lock") += 1,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-async fn tls_collector() -> anyhow::Result<TlsCollector> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-    let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca)?;
-    let chain = vec![leaf.der().clone(), CertificateDer::from(ca.der().to_vec())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?;
-
+/// A collector on loopback behind TLS with a `localhost` certificate from a throwaway CA,
+/// counting the exports it receives.
+async fn tls_collector() -> anyhow::Result<(shared::testing::tls::TlsServer, Arc<Mutex<usize>>)> {
     let exports: Arc<Mutex<usize>> = Arc::default();
-    let refused: Arc<Mutex<usize>> = Arc::default();
     let sink = exports.clone();
     let app = Router::new().route(
         "/v1/traces",
@@ -125,20 +73,7 @@ async fn tls_collector() -> anyhow::Result<TlsCollector> {
             }
         }),
     );
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("https://localhost:{}", tcp.local_addr()?.port());
-    let listener = TlsListener {
-        tcp,
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        refused: refused.clone(),
-    };
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(TlsCollector {
-        exports,
-        refused,
-        url,
-        ca_pem: ca.pem(),
-    })
+    Ok((shared::testing::tls::serve(app).await?, exports))
 }
 
 /// Emits one span and flushes the exporter (dropping the guard blocks until the export ends).
@@ -164,7 +99,7 @@ fn temp_file(name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {
 /// its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_https_to_a_collector_of_the_configured_ca() -> anyhow::Result<()> {
-    let collector = tls_collector().await?;
+    let (collector, exports) = tls_collector().await?;
     let config = TelemetryConfig {
         otlp_endpoint: Some(collector.url.clone()),
         otlp_ca_file: Some(temp_file("ca.pem", &collector.ca_pem)?),
@@ -172,14 +107,14 @@ async fn spans_are_exported_over_https_to_a_collector_of_the_configured_ca() -> 
     };
     export_one_span(shared::telemetry::init("otlp-tls-test", &config)?).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while *collector.exports.lock().expect("lock") == 0 && tokio::time::Instant::now() < deadline {
+    while *exports.lock().expect("lock") == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        *collector.exports.lock().expect("lock") > 0,
+        *exports.lock().expect("lock") > 0,
         "no OTLP export reached the https collector"
     );
-    assert_eq!(*collector.refused.lock().expect("lock"), 0);
+    assert_eq!(collector.refused(), 0);
     Ok(())
 }
 
@@ -197,22 +132,22 @@ async fn a_collector_outside_the_trusted_roots_gets_nothing() -> anyhow::Result<
         .unwrap_or_default();
     assert!(err.contains("holds no PEM certificate"), "{err}");
 
-    let collector = tls_collector().await?;
+    let (collector, exports) = tls_collector().await?;
     let config = TelemetryConfig {
         otlp_endpoint: Some(collector.url.clone()),
         ..TelemetryConfig::default()
     };
     export_one_span(shared::telemetry::init("otlp-tls-test", &config)?).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while *collector.refused.lock().expect("lock") == 0 && tokio::time::Instant::now() < deadline {
+    while collector.refused() == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        *collector.refused.lock().expect("lock") > 0,
+        collector.refused() > 0,
         "the exporter tried the collector and refused its certificate"
     );
     assert_eq!(
-        *collector.exports.lock().expect("lock"),
+        *exports.lock().expect("lock"),
         0,
         "nothing was sent in the clear or unverified"
     );
