@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures::StreamExt as _;
-use secrecy::ExposeSecret as _;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +48,8 @@ pub enum WatchError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("the LISTEN connection closed")]
     ListenerClosed,
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
 }
 
 /// The notification channel of this installation's schema.
@@ -137,32 +138,52 @@ struct Watch<'a, C> {
     heartbeat: &'a crate::liveness::Heartbeat,
 }
 
+/// Drives the LISTEN connection, handing its notifications to `forward`.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    forward: Forward,
+) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => forward.offer(n.payload()),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "listener connection error");
+                    break;
+                }
+            }
+        }
+    })
+}
+
 impl<C: Reload> Watch<'_, C> {
     async fn listen_once(
         &self,
         ready: &tokio::sync::watch::Sender<bool>,
         shutdown: &CancellationToken,
     ) -> Result<(), WatchError> {
-        let mut pg: tokio_postgres::Config = self.config.database.url.expose_secret().parse()?;
+        let (mut pg, tls) = crate::db::connect_config(&self.config.database)?;
         // A connect that never completes would hang this loop (liveness), not fail it.
         pg.connect_timeout(self.config.database.connect_timeout);
-        let (client, mut connection) = pg.connect(NoTls).await?;
         // Notifications arrive through the connection object; forward them, bounded.
         let (forward, mut notifications) = Forward::new(BUFFER);
         let (overflow, overflowed) = (forward.overflow.clone(), forward.wake.clone());
-        let driver = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) => forward.offer(n.payload()),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "listener connection error");
-                        break;
-                    }
-                }
+        let (client, driver) = match tls {
+            crate::db::Tls::Clear => {
+                let (client, connection) = pg.connect(NoTls).await?;
+                (client, drive(connection, forward))
             }
-        });
+            crate::db::Tls::Verified(make) => {
+                let (client, connection) = pg.connect(make).await?;
+                (client, drive(connection, forward))
+            }
+        };
         client
             .batch_execute(&format!("LISTEN \"{}\"", channel(self.config)))
             .await?;

@@ -167,6 +167,11 @@ impl Default for TopicsConfig {
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/db`; secret because it may hold a password.
     pub url: SecretString,
+    /// A PEM bundle trusted for the PostgreSQL server's certificate besides the system's roots,
+    /// used when `url` says `sslmode=require` (or `verify-ca`/`verify-full`); unset or empty:
+    /// the system's roots only.
+    #[serde(default, deserialize_with = "optional_path")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Schema for every table (sets `search_path`); tests use one each.
     pub schema: Option<String>,
     pub pool_size: usize,
@@ -182,6 +187,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/harborhook"),
+            ca_file: None,
             schema: None,
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),

@@ -56,15 +56,35 @@ impl axum::serve::Listener for Listener {
     }
 }
 
-/// Serves `app` over HTTPS with a certificate from a new CA.
-pub async fn serve(app: axum::Router) -> anyhow::Result<TlsServer> {
+/// A new CA and a `localhost` certificate it signed, as PEM.
+pub struct LocalhostCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+}
+
+pub fn localhost_cert() -> anyhow::Result<LocalhostCert> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
     let key = KeyPair::generate()?;
     let leaf = CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca)?;
-    let chain = vec![leaf.der().clone(), CertificateDer::from(ca.der().to_vec())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok(LocalhostCert {
+        ca_pem: ca.pem(),
+        cert_pem: leaf.pem(),
+        key_pem: key.serialize_pem(),
+        chain: vec![leaf.der().clone(), CertificateDer::from(ca.der().to_vec())],
+        key_der: key.serialize_der(),
+    })
+}
+
+/// Serves `app` over HTTPS with a certificate from a new CA.
+pub async fn serve(app: axum::Router) -> anyhow::Result<TlsServer> {
+    let cert = localhost_cert()?;
+    let chain = cert.chain.clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone()));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -82,7 +102,7 @@ pub async fn serve(app: axum::Router) -> anyhow::Result<TlsServer> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(TlsServer {
         url,
-        ca_pem: ca.pem(),
+        ca_pem: cert.ca_pem,
         refused,
     })
 }

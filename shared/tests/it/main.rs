@@ -7,6 +7,7 @@ mod kafka;
 mod liveness;
 mod migrations;
 mod otlp;
+mod postgres_tls;
 mod protocol;
 mod receiver_examples;
 mod schemas;
