@@ -91,6 +91,13 @@ const RSA_ALGORITHMS: [Algorithm; 6] = [
     Algorithm::PS512,
 ];
 
+/// Whether a token may name `alg` at all (checked before any key lookup, so an HS256 token
+/// never costs a fetch); which of these its key allows is the key's business.
+pub fn accepted(alg: Algorithm) -> bool {
+    RSA_ALGORITHMS.contains(&alg)
+        || matches!(alg, Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA)
+}
+
 /// The algorithms `jwk` may verify, or none when it is not a signing key we accept.
 fn algorithms_of(jwk: &Jwk) -> Vec<Algorithm> {
     // A key for anything but signatures (`enc`, or a use we do not know) verifies nothing.

@@ -16,7 +16,7 @@ pub mod keys;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Validation;
 use shared::config::AuthConfig;
 use shared::ids::TenantId;
 
@@ -25,19 +25,6 @@ pub use keys::{JwksError, Keys};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
-
-/// The algorithms a token may name; which of them its key allows is the key's business.
-const ACCEPTED: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
 
 /// Verifies bearer tokens against the configured JWKS.
 pub struct Verifier {
@@ -104,7 +91,7 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| unauthorized("malformed token"))?;
-        if !ACCEPTED.contains(&header.alg) {
+        if !keys::accepted(header.alg) {
             return Err(unauthorized(
                 "token algorithm must be RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA",
             ));
