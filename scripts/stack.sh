@@ -212,6 +212,10 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 SCHEMATHESIS_VERSION=4.32.5
 # The Python direct-producer example of docs/direct-producers.md (its librdkafka is the services').
 CONFLUENT_KAFKA_VERSION=2.12.2
+# The v1a verifier example of docs/receiving-webhooks.md (ed25519), and the official Standard
+# Webhooks library that must keep verifying v1 beside v1a (shared/tests/it/receiver_examples.rs).
+CRYPTOGRAPHY_VERSION=46.0.7
+STANDARDWEBHOOKS_VERSION=1.1.0
 
 # kubectl with its built-in `kustomize` (any version: the manifests render alike with Kustomize
 # v2.0.3, Debian's kubernetes-client, and v5), and kubernetes-validate (PyPI) in a venv of the
@@ -252,6 +256,12 @@ tools() {
     "$venv/bin/pip" install -q "confluent-kafka==$CONFLUENT_KAFKA_VERSION" >>"$LOGS/pip.log" 2>&1 ||
       die "installing confluent-kafka failed (log: $LOGS/pip.log)"
   fi
+  if [ "$("$venv/bin/python" -c 'import cryptography, importlib.metadata as m; print(cryptography.__version__, m.version("standardwebhooks"))' 2>/dev/null)" != "$CRYPTOGRAPHY_VERSION $STANDARDWEBHOOKS_VERSION" ]; then
+    say "installing cryptography $CRYPTOGRAPHY_VERSION and standardwebhooks $STANDARDWEBHOOKS_VERSION (log: $LOGS/pip.log)"
+    mkdir -p "$LOGS"
+    "$venv/bin/pip" install -q "cryptography==$CRYPTOGRAPHY_VERSION" "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >>"$LOGS/pip.log" 2>&1 ||
+      die "installing cryptography and standardwebhooks failed (log: $LOGS/pip.log)"
+  fi
   # The Node.js direct-producer example: its Kafka client and the Node.js it needs (22; the
   # machine's may be older), both from the npm registry, locked by scripts/node/package-lock.json.
   local node_dir="$STATE/node"
@@ -270,7 +280,7 @@ export HARBORHOOK_SCHEMATHESIS=$venv/bin/schemathesis
 export HARBORHOOK_STACK_PYTHON=$venv/bin/python
 export HARBORHOOK_STACK_NODE_TOOLS=$node_dir
 ENV
-  say "test tools: $kubectl ($("$kubectl" version --client 2>/dev/null | head -1)), kubernetes-validate $KUBERNETES_VALIDATE_VERSION, schemathesis $SCHEMATHESIS_VERSION, confluent-kafka $CONFLUENT_KAFKA_VERSION, Node.js $("$node_dir/node_modules/.bin/node" --version)"
+  say "test tools: $kubectl ($("$kubectl" version --client 2>/dev/null | head -1)), kubernetes-validate $KUBERNETES_VALIDATE_VERSION, schemathesis $SCHEMATHESIS_VERSION, confluent-kafka $CONFLUENT_KAFKA_VERSION, cryptography $CRYPTOGRAPHY_VERSION, standardwebhooks $STANDARDWEBHOOKS_VERSION, Node.js $("$node_dir/node_modules/.bin/node" --version)"
 }
 
 case "${1:-}" in

@@ -79,8 +79,7 @@ impl Http {
         if let Some(c) = clients.get(&bucket) {
             return Ok(c.clone());
         }
-        let client = reqwest::Client::builder()
-            .tls_backend_rustls()
+        let client = shared::tls::http_client()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver {

@@ -380,9 +380,11 @@ async fn attempt(
     // The payload is carried as the publisher's JSON text: that text is the body.
     let body = r.payload.as_bytes().to_vec();
     let secrets: Vec<_> = endpoint.active_secrets(started_at).collect();
+    let keys: Vec<_> = endpoint.active_signing_keys(started_at).collect();
     let mut headers = crate::sign::headers(
         endpoint.signature_scheme,
         &secrets,
+        &keys,
         &endpoint.headers,
         &r.delivery_id.to_string(),
         started_at.timestamp(),

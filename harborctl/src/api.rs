@@ -85,7 +85,7 @@ impl Api {
             .clone()
             .or(file.url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        let http = reqwest::Client::builder()
+        let http = shared::tls::http_client()
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| CliError::failed(e.to_string(), ""))?;
@@ -235,6 +235,9 @@ pub enum EndpointsCommand {
         /// `standard_webhooks` (default) or `harborhook_legacy`.
         #[arg(long)]
         scheme: Option<String>,
+        /// Also sign with ed25519 (Standard Webhooks `v1a`); `endpoints public-key` shows the key.
+        #[arg(long)]
+        v1a: bool,
         #[arg(long)]
         max_in_flight: Option<i32>,
         #[arg(long)]
@@ -263,6 +266,13 @@ pub enum EndpointsCommand {
         max_in_flight: Option<i32>,
         #[arg(long)]
         rate_limit: Option<f64>,
+        /// Turn `v1a` (ed25519) signatures on (`true`) or off (`false`).
+        #[arg(long)]
+        v1a: Option<bool>,
+    },
+    /// The public keys that verify the endpoint's `v1a` signatures.
+    PublicKey {
+        id: String,
     },
     Delete {
         id: String,
@@ -307,6 +317,7 @@ pub async fn endpoints(api: &Api, json: bool, cmd: EndpointsCommand) -> Result<(
             secret,
             description,
             scheme,
+            v1a,
             max_in_flight,
             rate_limit,
             headers,
@@ -316,6 +327,7 @@ pub async fn endpoints(api: &Api, json: bool, cmd: EndpointsCommand) -> Result<(
                 ("secret", secret.map(Value::from)),
                 ("description", description.map(Value::from)),
                 ("signature_scheme", scheme.map(Value::from)),
+                ("signature_v1a", v1a.then_some(Value::Bool(true))),
                 ("max_in_flight", max_in_flight.map(Value::from)),
                 ("rate_limit_per_sec", rate_limit.map(Value::from)),
             ] {
@@ -341,6 +353,7 @@ pub async fn endpoints(api: &Api, json: bool, cmd: EndpointsCommand) -> Result<(
             description,
             max_in_flight,
             rate_limit,
+            v1a,
         } => {
             let mut body = json!({});
             for (k, v) in [
@@ -348,6 +361,7 @@ pub async fn endpoints(api: &Api, json: bool, cmd: EndpointsCommand) -> Result<(
                 ("description", description.map(Value::from)),
                 ("max_in_flight", max_in_flight.map(Value::from)),
                 ("rate_limit_per_sec", rate_limit.map(Value::from)),
+                ("signature_v1a", v1a.map(Value::from)),
             ] {
                 if let Some(v) = v {
                     body[k] = v;
@@ -357,6 +371,12 @@ pub async fn endpoints(api: &Api, json: bool, cmd: EndpointsCommand) -> Result<(
                 .call(Method::PATCH, &format!("{base}/{id}"), Some(body))
                 .await?;
             emit(json, &e, block);
+        }
+        EndpointsCommand::PublicKey { id } => {
+            let k = api
+                .call(Method::GET, &format!("{base}/{id}/public-key"), None)
+                .await?;
+            emit(json, &k, block);
         }
         EndpointsCommand::Delete { id } => {
             api.call(Method::DELETE, &format!("{base}/{id}"), None)

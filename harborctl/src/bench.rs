@@ -372,10 +372,13 @@ async fn raw_limit(
     payload: usize,
 ) -> f64 {
     let secret = shared::domain::SigningSecret::generate();
-    let http = reqwest::Client::builder()
+    // A client that cannot be built measures nothing.
+    let Ok(http) = shared::tls::http_client()
         .pool_max_idle_per_host(1024)
         .build()
-        .unwrap_or_default();
+    else {
+        return 0.0;
+    };
     let filler = "x".repeat(payload);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();

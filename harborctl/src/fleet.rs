@@ -225,7 +225,9 @@ fn ready_addr(name: &str, launch: &Launch) -> String {
 }
 
 async fn wait_ready(addr: &str) -> bool {
-    let http = reqwest::Client::new();
+    let Ok(http) = shared::tls::http_client().build() else {
+        return false;
+    };
     let deadline = Instant::now() + READY_WITHIN;
     while Instant::now() < deadline {
         let ok = http

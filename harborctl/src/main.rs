@@ -174,9 +174,16 @@ enum Command {
     },
     /// Check a received webhook's signature, as a receiver should.
     VerifySignature {
-        /// The endpoint's secret (`whsec_…`).
+        /// The endpoint's secret (`whsec_…`): checks the `v1` (or original-scheme) signature.
+        #[arg(
+            long,
+            required_unless_present = "public_key",
+            conflicts_with = "public_key"
+        )]
+        secret: Option<String>,
+        /// The endpoint's public key (`whpk_…`, `endpoints public-key`): checks `v1a` instead.
         #[arg(long)]
-        secret: String,
+        public_key: Option<String>,
         /// A received header, `Name: value` (repeatable): the id, timestamp and signature.
         #[arg(long = "header")]
         headers: Vec<String>,
@@ -487,6 +494,7 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
         }),
         Command::VerifySignature {
             secret,
+            public_key,
             headers,
             body_file,
             tolerance,
@@ -497,7 +505,13 @@ async fn dispatch(cli: Cli, config: Config) -> Result<(), CliError> {
                     "pass the raw body as a file",
                 )
             })?;
-            verify::verify(json, &secret, &headers, &body, tolerance)
+            let key = match (secret, public_key) {
+                (Some(s), _) => verify::Key::Secret(s),
+                (None, Some(k)) => verify::Key::Public(k),
+                // clap requires one of the two.
+                (None, None) => verify::Key::Secret(String::new()),
+            };
+            verify::verify(json, &key, &headers, &body, tolerance)
         }
         Command::Bench { args } => bench::run(&api()?, &config, json, args).await,
         Command::Receiver { listen, secret } => receiver::run(listen, &secret, json).await,

@@ -29,7 +29,9 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 /// Whether the signature headers verify `body` with `secret`, and the scheme used.
 pub fn verifies(secret: &SigningSecret, h: &HeaderMap, body: &[u8]) -> (bool, &'static str) {
     let id = header(h, "webhook-id");
-    if h.contains_key("webhook-signature") {
+    // The original scheme's header decides: such an endpoint with `signature_v1a` also gets a
+    // `webhook-signature`, holding only `v1a` signatures, which a secret cannot check.
+    if !h.contains_key("x-harborhook-signature") {
         let ts = header(h, "webhook-timestamp").parse().unwrap_or(i64::MIN);
         let expected = standard_signature(&[secret], id, ts, body);
         let ok = header(h, "webhook-signature")

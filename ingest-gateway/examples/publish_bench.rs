@@ -181,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let running = ingest_gateway::start(env.config.clone(), shutdown.clone()).await?;
     let base = format!("http://{}", running.local_addr);
-    let http = reqwest::Client::builder()
+    let http = shared::tls::http_client()
         .pool_max_idle_per_host(args.concurrency * 4)
         .build()?;
     let auth = &env.config.gateway.auth;

@@ -162,7 +162,7 @@ impl Platform {
         let keys = DevKeys::load_or_create(&keys_dir)?;
         let jwks = shared::jwt::jwks_path(&keys_dir).display().to_string();
         let port = free_port();
-        let http = reqwest::Client::builder()
+        let http = shared::tls::http_client()
             .timeout(Duration::from_secs(30))
             .build()?;
         let ops = vec![port, free_port(), free_port(), free_port()];

@@ -105,7 +105,13 @@ async fn main() -> anyhow::Result<()> {
     let mut paused = 0;
     while started.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let text = reqwest::get(&metrics_url).await?.text().await?;
+        let text = shared::tls::http_client()
+            .build()?
+            .get(&metrics_url)
+            .send()
+            .await?
+            .text()
+            .await?;
         paused = text
             .lines()
             .find_map(|l| l.strip_prefix("harborhook_retry_paused_partitions "))

@@ -79,7 +79,7 @@ AUTH_ERR = (401, 404, 429)
 LIST_ERR = (400, 401, 404, 422, 429)
 
 endpoint_ex = {"id": EX_EP, "tenant_id": EX_TEN, "url": "https://example.com/webhooks", "description": "billing",
-    "signature_scheme": "standard_webhooks", "enabled": True, "disabled_reason": None, "max_in_flight": 10,
+    "signature_scheme": "standard_webhooks", "signature_v1a": False, "enabled": True, "disabled_reason": None, "max_in_flight": 10,
     "rate_limit_per_sec": None, "connect_timeout_ms": 5000, "timeout_ms": 15000, "headers": {"x-team": "billing"},
     "created_at": EX_T, "updated_at": EX_T}
 sub_ex = {"id": EX_SUB, "tenant_id": EX_TEN, "endpoint_id": EX_EP, "event_type": "invoice.*", "created_at": EX_T}
@@ -89,17 +89,21 @@ delivery_ex = {"id": EX_DLV, "tenant_id": EX_TEN, "event_id": EX_EVT, "endpoint_
     "status": "delivered", "attempts": 1, "last_status_code": 200, "last_error_class": None, "skip_reason": None,
     "created_at": EX_T, "updated_at": EX_T, "delivered_at": EX_T}
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2N3LDRr1Ks4="
+public_key = "whpk_11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+PUBLIC_KEY = {"type": "string", "pattern": "^whpk_[A-Za-z0-9+/]{43}=$", "description": "`whpk_` and base64 of the 32-byte ed25519 public key"}
 
 schemas = {
   "Error": obj({"error": obj({"code": {"type": "string"}, "message": {"type": "string"},
       "details": {"type": "array", "items": {"type": "object"}}}, ["code", "message", "details"])}, ["error"]),
   "Tenant": obj({"id": ID("ten", "Tenant id"), "name": {"type": "string"}, "created_at": TS}, ["id", "name", "created_at"]),
   "Endpoint": obj({"id": ID("ep", "Endpoint id"), "tenant_id": ID("ten", "Tenant id"), "url": URL,
-      "description": {"type": "string"}, "signature_scheme": ref("SignatureScheme"), "enabled": {"type": "boolean"},
+      "description": {"type": "string"}, "signature_scheme": ref("SignatureScheme"),
+      "signature_v1a": {"type": "boolean", "description": "Standard Webhooks `v1a` (ed25519) signatures beside `v1`; verify with `GET …/public-key`"},
+      "enabled": {"type": "boolean"},
       "disabled_reason": NULLABLE({"type": "string"}), "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 1000},
       "rate_limit_per_sec": NULLABLE({"type": "number"}), "connect_timeout_ms": {"type": "integer"}, "timeout_ms": {"type": "integer"},
       "headers": {"type": "object", "additionalProperties": {"type": "string"}}, "created_at": TS, "updated_at": TS},
-      ["id", "tenant_id", "url", "description", "signature_scheme", "enabled", "disabled_reason", "max_in_flight",
+      ["id", "tenant_id", "url", "description", "signature_scheme", "signature_v1a", "enabled", "disabled_reason", "max_in_flight",
        "rate_limit_per_sec", "connect_timeout_ms", "timeout_ms", "headers", "created_at", "updated_at"], extra=True),
   "SignatureScheme": {"enum": ["standard_webhooks", "harborhook_legacy"],
       "description": "`standard_webhooks` (webhook-id/-timestamp/-signature) or the replaced system's X-HarborHook-* headers"},
@@ -107,11 +111,13 @@ schemas = {
   # Optional fields: absent or null mean the default (create) or unchanged (update), except an
   # update's rate_limit_per_sec, where null removes the limit.
   "CreateEndpoint": obj({"url": URL, "description": TEXT(OPTIONAL_PROSE_PATTERN, 1000), "secret": NULLABLE(SECRET),
-      "signature_scheme": NULLABLE(ref("SignatureScheme")), "max_in_flight": NULLABLE(RANGE(1, 1000)),
+      "signature_scheme": NULLABLE(ref("SignatureScheme")), "signature_v1a": NULLABLE({"type": "boolean"}),
+      "max_in_flight": NULLABLE(RANGE(1, 1000)),
       "rate_limit_per_sec": NULLABLE(RATE), "connect_timeout_ms": NULLABLE(RANGE(100, 60000)),
       "timeout_ms": NULLABLE(RANGE(100, 300000)), "headers": HEADERS}, ["url"]),
   "UpdateEndpoint": obj({"url": NULLABLE(URL), "description": NULLABLE(TEXT(OPTIONAL_PROSE_PATTERN, 1000)),
-      "signature_scheme": NULLABLE(ref("SignatureScheme")), "max_in_flight": NULLABLE(RANGE(1, 1000)),
+      "signature_scheme": NULLABLE(ref("SignatureScheme")), "signature_v1a": NULLABLE({"type": "boolean"}),
+      "max_in_flight": NULLABLE(RANGE(1, 1000)),
       "rate_limit_per_sec": NULLABLE(RATE), "connect_timeout_ms": NULLABLE(RANGE(100, 60000)),
       "timeout_ms": NULLABLE(RANGE(100, 300000)), "headers": NULLABLE(HEADERS)}),
   "DisableEndpoint": obj({"reason": TEXT(PROSE_PATTERN, 1000, "Why; shown with the endpoint")}, ["reason"]),
@@ -119,6 +125,9 @@ schemas = {
   "Secret": obj({"secret": {"type": "string"}, "created_at": TS, "previous": {"type": "array", "items": obj(
       {"secret": {"type": "string"}, "created_at": TS, "expires_at": NULLABLE(TS)}, ["secret", "created_at", "expires_at"])}},
       ["secret", "created_at", "previous"]),
+  "PublicKey": obj({"public_key": PUBLIC_KEY, "created_at": TS, "previous": {"type": "array", "items": obj(
+      {"public_key": PUBLIC_KEY, "created_at": TS, "expires_at": NULLABLE(TS)}, ["public_key", "created_at", "expires_at"])}},
+      ["public_key", "created_at", "previous"]),
   "Rotated": obj({"secret": {"type": "string"}, "previous_secret_expires_at": TS}, ["secret", "previous_secret_expires_at"]),
   "Subscription": obj({"id": ID("sub", "Subscription id"), "tenant_id": ID("ten", "Tenant id"), "endpoint_id": ID("ep", "Endpoint id"),
       "event_type": {"type": "string", "description": "Exact type, `prefix.*`, or `*`"}, "created_at": TS},
@@ -199,6 +208,9 @@ paths = {
      desc="The previous secret signs beside the new one for `gateway.secret_rotation_overlap` (24 h by default); both signatures are sent.")},
  "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/secret": {"get": op("Read the signing secrets", [TEN, EP],
      ok("200", "Current and overlapping secrets", ref("Secret"), {"secret": secret, "created_at": EX_T, "previous": []}))},
+ "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/public-key": {"get": op("Read the v1a public keys", [TEN, EP],
+     ok("200", "Current and overlapping public keys", ref("PublicKey"), {"public_key": public_key, "created_at": EX_T, "previous": []}),
+     desc="The ed25519 keys that verify the endpoint's `v1a` signatures; 404 unless `signature_v1a` is on. They rotate with the secret (`:rotate-secret`).")},
  "/v1/tenants/{tenant_id}/subscriptions": {
    "post": op("Subscribe an endpoint to an event type or pattern", [TEN], ok("201", "Created", ref("Subscription"), sub_ex),
        body(ref("CreateSubscription"), {"event_type": "invoice.*", "endpoint_id": EX_EP}), errs=(400, 401, 404, 409, 413, 415, 422, 429)),

@@ -154,6 +154,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_event_ids_per_tenant.sql",
         sql: include_str!("../../schemas/sql/0005_event_ids_per_tenant.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_signature_v1a.sql",
+        sql: include_str!("../../schemas/sql/0006_signature_v1a.sql"),
+    },
 ];
 
 /// A pool of connections whose `search_path` is the configured schema (if any).

@@ -241,6 +241,9 @@ impl FromStr for SignatureScheme {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointSecret {
     pub secret: SigningSecret,
+    /// The `v1a` key rotated with this secret; set on every row of an endpoint with
+    /// `signature_v1a` (the API generates it), absent otherwise.
+    pub signing_key: Option<crate::asymmetric::SigningKey>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -253,6 +256,8 @@ pub struct Endpoint {
     pub description: String,
     pub secrets: Vec<EndpointSecret>,
     pub signature_scheme: SignatureScheme,
+    /// Standard Webhooks `v1a` (ed25519) signatures beside `v1`.
+    pub signature_v1a: bool,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     /// Most deliveries in flight to this endpoint at once.
@@ -274,6 +279,18 @@ impl Endpoint {
             .iter()
             .filter(move |s| s.expires_at.is_none_or(|t| t > now))
             .map(|s| &s.secret)
+    }
+
+    /// The `v1a` keys that sign a delivery at `now`, as [`Self::active_secrets`]; none unless
+    /// the endpoint has `signature_v1a`.
+    pub fn active_signing_keys(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Iterator<Item = &crate::asymmetric::SigningKey> {
+        self.secrets
+            .iter()
+            .filter(move |s| self.signature_v1a && s.expires_at.is_none_or(|t| t > now))
+            .filter_map(|s| s.signing_key.as_ref())
     }
 }
 
@@ -434,16 +451,19 @@ mod tests {
             secrets: vec![
                 EndpointSecret {
                     secret: new.clone(),
+                    signing_key: Some(crate::asymmetric::SigningKey::generate()),
                     created_at: now,
                     expires_at: None,
                 },
                 EndpointSecret {
                     secret: old.clone(),
+                    signing_key: Some(crate::asymmetric::SigningKey::generate()),
                     created_at: now,
                     expires_at: Some(now + chrono::Duration::hours(1)),
                 },
             ],
             signature_scheme: SignatureScheme::default(),
+            signature_v1a: false,
             enabled: true,
             disabled_reason: None,
             max_in_flight: 10,
@@ -455,10 +475,18 @@ mod tests {
             updated_at: now,
         };
         assert_eq!(endpoint.active_secrets(now).count(), 2);
+        // Keys sign only when the endpoint opted in to v1a, and expire with their secret.
+        assert_eq!(endpoint.active_signing_keys(now).count(), 0);
+        endpoint.signature_v1a = true;
+        assert_eq!(endpoint.active_signing_keys(now).count(), 2);
         let later = now + chrono::Duration::hours(2);
         assert_eq!(
             endpoint.active_secrets(later).collect::<Vec<_>>(),
             vec![&new]
+        );
+        assert_eq!(
+            endpoint.active_signing_keys(later).collect::<Vec<_>>(),
+            vec![endpoint.secrets[0].signing_key.as_ref().expect("key")]
         );
         endpoint.secrets.truncate(1);
         assert_eq!(endpoint.active_secrets(now).count(), 1);

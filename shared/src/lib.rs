@@ -2,6 +2,7 @@
 //! records go on the wire), Kafka and PostgreSQL clients, the rows several crates share
 //! (`store`: endpoints, attempts, replays), telemetry, the ops endpoints and graceful shutdown.
 
+pub mod asymmetric;
 pub mod config;
 pub mod config_watch;
 pub mod db;

@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 
+use crate::asymmetric::SigningKey;
 use crate::domain::SigningSecret;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -30,6 +31,14 @@ pub fn standard_signature(secrets: &[&SigningSecret], id: &str, ts: i64, body: &
             m.update(body);
             format!("v1,{}", BASE64.encode(m.finalize().into_bytes()))
         })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `v1a,<sig>[ v1a,<sig>]`: ed25519, for endpoints with `signature_v1a` (asymmetric.rs).
+pub fn asymmetric_signature(keys: &[&SigningKey], id: &str, ts: i64, body: &[u8]) -> String {
+    keys.iter()
+        .map(|k| format!("v1a,{}", BASE64.encode(k.sign(id, ts, body))))
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -39,14 +39,11 @@ fn otlp_client(
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::blocking::Client, TelemetryError> {
     let roots = crate::tls::extra_roots("telemetry.otlp_ca_file", ca_file)?;
-    crate::tls::install_provider();
     std::thread::spawn(move || {
         roots
             .into_iter()
             .fold(
-                reqwest::blocking::Client::builder()
-                    .tls_backend_rustls()
-                    .timeout(std::time::Duration::from_secs(10)),
+                crate::tls::blocking_http_client().timeout(std::time::Duration::from_secs(10)),
                 reqwest::blocking::ClientBuilder::add_root_certificate,
             )
             .build()

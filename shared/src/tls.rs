@@ -24,6 +24,23 @@ pub fn install_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A client builder on the workspace's one TLS stack (rustls, ring). Every reqwest client is
+/// built here (clippy.toml disallows `reqwest::Client::new` and `::builder` elsewhere): reqwest's
+/// rustls backend panics when no provider is installed, so the provider must be installed first,
+/// and one place is easier to keep right than each caller.
+#[allow(clippy::disallowed_methods)]
+pub fn http_client() -> reqwest::ClientBuilder {
+    install_provider();
+    reqwest::Client::builder().tls_backend_rustls()
+}
+
+/// [`http_client`] for the blocking client (the OTLP exporter's).
+#[allow(clippy::disallowed_methods)]
+pub fn blocking_http_client() -> reqwest::blocking::ClientBuilder {
+    install_provider();
+    reqwest::blocking::Client::builder().tls_backend_rustls()
+}
+
 /// The certificates of the CA bundle `key` names, trusted besides the system's roots; none when
 /// unset. A file that cannot be read or holds no certificate is an error at start, rather than
 /// every request failing later.

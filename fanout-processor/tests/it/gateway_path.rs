@@ -36,7 +36,7 @@ async fn api_publishes_fan_out_once_per_idempotency_key() -> anyhow::Result<()> 
         false,
         Duration::from_secs(600),
     ))?;
-    let http = reqwest::Client::new();
+    let http = shared::tls::http_client().build()?;
     let url = format!(
         "http://{}/v1/tenants/{tenant}/events:publish",
         gateway.local_addr

@@ -41,7 +41,8 @@ impl Api {
             )
         };
         let operator = keys.issue(&claims(None, true))?;
-        let created: Value = reqwest::Client::new()
+        let created: Value = shared::tls::http_client()
+            .build()?
             .post(format!("{url}/v1/tenants"))
             .bearer_auth(&operator)
             .json(&json!({"name": "acme"}))

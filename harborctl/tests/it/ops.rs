@@ -597,6 +597,76 @@ async fn verify_signature_checks_like_a_receiver() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // v1a: checked with the public key alone, in a header that carries v1 first.
+    let key = shared::asymmetric::SigningKey::generate();
+    let both = format!(
+        "webhook-signature: {sig} {}",
+        shared::signing::asymmetric_signature(&[&key], "dlv_1", ts, body)
+    );
+    let public = key.public_key().to_string();
+    let with_key = |sig_h: &str, public: &str| {
+        let mut a = args(sig_h);
+        a[1] = "--public-key".to_owned();
+        a[2] = public.to_owned();
+        a
+    };
+    let run = |mut a: Vec<String>| {
+        a.insert(0, "--json".to_owned());
+        w.run(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+    };
+    let out = run(with_key(&both, &public));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        (&v["valid"], &v["scheme"]),
+        (&json!(true), &json!("v1a")),
+        "{v}"
+    );
+    // Another key, a header with only v1, and a malformed key are refused.
+    let other = shared::asymmetric::SigningKey::generate()
+        .public_key()
+        .to_string();
+    assert_eq!(run(with_key(&both, &other)).status.code(), Some(1));
+    assert_eq!(run(with_key(&sig_h, &public)).status.code(), Some(1));
+    let out = run(with_key(&both, "whpk_short"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a usage error: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An original-scheme endpoint with v1a: its own headers are checked with the secret,
+    // whatever `webhook-signature` (v1a only) holds beside them.
+    let legacy = shared::signing::legacy_signature(&[&secret], ts, body);
+    let out = run(vec![
+        "verify-signature".to_owned(),
+        "--secret".to_owned(),
+        secret_text.clone(),
+        "--header".to_owned(),
+        format!("x-harborhook-timestamp: {ts}"),
+        "--header".to_owned(),
+        format!("x-harborhook-signature: {legacy}"),
+        "--header".to_owned(),
+        ts_h.clone(),
+        "--header".to_owned(),
+        format!(
+            "webhook-signature: {}",
+            shared::signing::asymmetric_signature(&[&key], "dlv_1", ts, body)
+        ),
+        "--body-file".to_owned(),
+        path.clone(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        (&v["valid"], &v["scheme"]),
+        (&json!(true), &json!("harborhook_legacy")),
+        "{v}"
+    );
     std::fs::remove_file(file)?;
     w.cleanup().await
 }

@@ -167,13 +167,12 @@ impl Keys {
         let url = config.jwks_url.clone().unwrap_or_default();
         // rustls, as every outbound client of ours; https_only also refuses a redirect from
         // https to http (keys in the clear).
-        shared::tls::install_provider();
         let roots =
             shared::tls::extra_roots("gateway.auth.jwks_ca_file", config.jwks_ca_file.as_deref())?;
         let http = roots
             .into_iter()
             .fold(
-                reqwest::Client::builder().tls_backend_rustls(),
+                shared::tls::http_client(),
                 reqwest::ClientBuilder::add_root_certificate,
             )
             .timeout(config.jwks_fetch_timeout)

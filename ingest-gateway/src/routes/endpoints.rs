@@ -1,4 +1,5 @@
-//! Endpoints: create, list, get, update, delete, enable/disable, secret read and rotation.
+//! Endpoints: create, list, get, update, delete, enable/disable, secret read and rotation
+//! (`signing_keys.rs` has the `v1a` keys that rotate with the secrets).
 
 use std::collections::BTreeMap;
 
@@ -40,6 +41,7 @@ pub struct EndpointView {
     url: String,
     description: String,
     signature_scheme: SignatureScheme,
+    signature_v1a: bool,
     enabled: bool,
     disabled_reason: Option<String>,
     max_in_flight: u32,
@@ -66,6 +68,7 @@ impl TryFrom<&Row> for EndpointView {
             url: e.url,
             description: e.description,
             signature_scheme: e.signature_scheme,
+            signature_v1a: e.signature_v1a,
             enabled: e.enabled,
             disabled_reason: e.disabled_reason,
             max_in_flight: e.max_in_flight,
@@ -87,6 +90,7 @@ pub struct CreateEndpoint {
     description: String,
     secret: Option<String>,
     signature_scheme: Option<SignatureScheme>,
+    signature_v1a: Option<bool>,
     #[serde(default, deserialize_with = "crate::grammar::integer")]
     max_in_flight: Option<i32>,
     rate_limit_per_sec: Option<f64>,
@@ -111,6 +115,7 @@ pub struct UpdateEndpoint {
     url: Option<String>,
     description: Option<String>,
     signature_scheme: Option<SignatureScheme>,
+    signature_v1a: Option<bool>,
     #[serde(default, deserialize_with = "crate::grammar::integer")]
     max_in_flight: Option<i32>,
     #[serde(default, deserialize_with = "nullable")]
@@ -264,13 +269,15 @@ pub async fn create(
         .query_one(
             &format!(
                 "INSERT INTO endpoints (id, tenant_id, url, description, signature_scheme, max_in_flight,
-                    rate_limit_per_sec, connect_timeout_ms, timeout_ms, headers)
-                 VALUES ($1, $2, $3, $4, $5, COALESCE($6, 10), $7, COALESCE($8, 5000), COALESCE($9, 15000), $10)
+                    rate_limit_per_sec, connect_timeout_ms, timeout_ms, headers, signature_v1a)
+                 VALUES ($1, $2, $3, $4, $5, COALESCE($6, 10), $7, COALESCE($8, 5000), COALESCE($9, 15000), $10,
+                    COALESCE($11, false))
                  RETURNING {COLUMNS}"
             ),
             &[
                 &id, &tenant, &body.url, &body.description, &scheme, &body.max_in_flight,
                 &body.rate_limit_per_sec, &body.connect_timeout_ms, &body.timeout_ms, &headers,
+                &body.signature_v1a,
             ],
         )
         .await?;
@@ -279,6 +286,9 @@ pub async fn create(
         &[&id, &secret.expose()],
     )
     .await?;
+    if body.signature_v1a == Some(true) {
+        super::signing_keys::ensure(&*tx, &id).await?;
+    }
     tx.commit().await?;
     let view = EndpointView::try_from(&row)?;
     tracing::info!(tenant_id = %tenant, endpoint_id = %id, "endpoint created");
@@ -335,7 +345,11 @@ pub async fn list(
     })))
 }
 
-async fn load(state: &AppState, tenant: &TenantId, id: &EndpointId) -> ApiResult<EndpointView> {
+pub(super) async fn load(
+    state: &AppState,
+    tenant: &TenantId,
+    id: &EndpointId,
+) -> ApiResult<EndpointView> {
     let client = state.pool.get().await?;
     let row = client
         .query_opt(
@@ -347,7 +361,11 @@ async fn load(state: &AppState, tenant: &TenantId, id: &EndpointId) -> ApiResult
     EndpointView::try_from(&row)
 }
 
-fn ids(principal: &Principal, tenant: &str, endpoint: &str) -> ApiResult<(TenantId, EndpointId)> {
+pub(super) fn ids(
+    principal: &Principal,
+    tenant: &str,
+    endpoint: &str,
+) -> ApiResult<(TenantId, EndpointId)> {
     let tenant: TenantId = parse_id(tenant, "tenant")?;
     principal.require_tenant(&tenant)?;
     Ok((tenant, parse_id(endpoint, "endpoint")?))
@@ -396,8 +414,9 @@ pub async fn update(
         .transpose()
         .map_err(ApiError::internal)?;
     let scheme = body.signature_scheme.map(SignatureScheme::as_str);
-    let client = state.pool.get().await?;
-    let row = client
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
         .query_opt(
             &format!(
                 "UPDATE endpoints SET
@@ -409,6 +428,7 @@ pub async fn update(
                     connect_timeout_ms = COALESCE($9, connect_timeout_ms),
                     timeout_ms = COALESCE($10, timeout_ms),
                     headers = COALESCE($11, headers),
+                    signature_v1a = COALESCE($12, signature_v1a),
                     updated_at = now()
                  WHERE id = $1 AND tenant_id = $2
                  RETURNING {COLUMNS}"
@@ -425,11 +445,17 @@ pub async fn update(
                 &body.connect_timeout_ms,
                 &body.timeout_ms,
                 &headers,
+                &body.signature_v1a,
             ],
         )
         .await?
         .ok_or(ApiError::NotFound("endpoint"))?;
-    EndpointView::try_from(&row).map(Json)
+    let view = EndpointView::try_from(&row)?;
+    if view.signature_v1a {
+        super::signing_keys::ensure(&*tx, &id).await?;
+    }
+    tx.commit().await?;
+    Ok(Json(view))
 }
 
 pub async fn delete(
@@ -593,12 +619,14 @@ async fn rotate(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     // Lock the endpoint row so two concurrent rotations cannot both keep a "current" secret.
-    tx.query_opt(
-        "SELECT 1 FROM endpoints WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
-        &[id, tenant],
-    )
-    .await?
-    .ok_or(ApiError::NotFound("endpoint"))?;
+    let v1a: bool = tx
+        .query_opt(
+            "SELECT signature_v1a FROM endpoints WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+            &[id, tenant],
+        )
+        .await?
+        .ok_or(ApiError::NotFound("endpoint"))?
+        .try_get(0)?;
     // Secrets whose overlap already ended are of no further use.
     tx.execute(
         "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at <= now()",
@@ -615,6 +643,10 @@ async fn rotate(
         &[id, &new.expose()],
     )
     .await?;
+    if v1a {
+        // The new secret's v1a key rotates with it.
+        super::signing_keys::ensure(&*tx, id).await?;
+    }
     tx.execute(
         "UPDATE endpoints SET updated_at = now() WHERE id = $1",
         &[id],

@@ -5,6 +5,7 @@
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
+pub mod signing_keys;
 pub mod subscriptions;
 pub mod tenants;
 
@@ -43,6 +44,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     (
         "GET",
         "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/secret",
+    ),
+    (
+        "GET",
+        "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/public-key",
     ),
     ("POST", "/v1/tenants/{tenant_id}/subscriptions"),
     ("GET", "/v1/tenants/{tenant_id}/subscriptions"),
@@ -87,6 +92,10 @@ pub fn api() -> Router<AppState> {
         .route(
             "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/secret",
             get(endpoints::secret),
+        )
+        .route(
+            "/v1/tenants/{tenant_id}/endpoints/{endpoint_id}/public-key",
+            get(signing_keys::public_key),
         )
         .route(
             "/v1/tenants/{tenant_id}/subscriptions",

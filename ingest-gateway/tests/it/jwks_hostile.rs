@@ -181,7 +181,7 @@ async fn a_silent_identity_provider_delays_no_request() -> anyhow::Result<()> {
     }
     // ...and past the cache TTL: every request must still be answered from the keys we have.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let client = reqwest::Client::builder()
+    let client = shared::tls::http_client()
         .timeout(Duration::from_secs(5))
         .build()?;
     for _ in 0..20 {

@@ -56,7 +56,7 @@ async fn every_accepted_event_survives_crashes_and_restarts() -> anyhow::Result<
             stop.clone(),
         );
         let url = format!("{}/v1/tenants/{tenant}/events:publish", p.api);
-        let http = reqwest::Client::builder()
+        let http = shared::tls::http_client()
             .timeout(Duration::from_secs(5))
             .build()?;
         tokio::spawn(async move {

@@ -14,4 +14,5 @@ mod headers;
 mod hostile;
 mod monitoring;
 mod reads;
+mod signatures;
 mod workloads;

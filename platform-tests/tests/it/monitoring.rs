@@ -90,7 +90,7 @@ async fn registered_metrics() -> anyhow::Result<BTreeSet<String>> {
         delivery_consumer::start(config.clone(), shutdown.clone()).await?,
         retry_scheduler::start(config.clone(), shutdown.clone()).await?,
     ];
-    let http = reqwest::Client::new();
+    let http = shared::tls::http_client().build()?;
     let api = format!("http://{}", services[0].local_addr);
     let auth = &config.gateway.auth;
     let claims = |tenant, operator| {

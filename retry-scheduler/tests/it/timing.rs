@@ -204,7 +204,10 @@ async fn records_are_reenqueued_on_time_never_early() -> anyhow::Result<()> {
         .collect();
     check_timing(&due, &got, LATE_BOUND);
 
-    let metrics = reqwest::get(format!("http://{}/metrics", running.local_addr))
+    let metrics = shared::tls::http_client()
+        .build()?
+        .get(format!("http://{}/metrics", running.local_addr))
+        .send()
         .await?
         .text()
         .await?;
@@ -246,7 +249,10 @@ async fn poison_records_are_skipped_without_stalling() -> anyhow::Result<()> {
         got.get(&id).is_some_and(|t| *t >= at),
         "the record behind the poison was re-enqueued on time"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", running.local_addr))
+    let metrics = shared::tls::http_client()
+        .build()?
+        .get(format!("http://{}/metrics", running.local_addr))
+        .send()
         .await?
         .text()
         .await?;
@@ -262,7 +268,10 @@ async fn poison_records_are_skipped_without_stalling() -> anyhow::Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let metrics = reqwest::get(format!("http://{}/metrics", running.local_addr))
+    let metrics = shared::tls::http_client()
+        .build()?
+        .get(format!("http://{}/metrics", running.local_addr))
+        .send()
         .await?
         .text()
         .await?;

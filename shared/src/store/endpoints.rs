@@ -11,7 +11,7 @@ use crate::domain::{Endpoint, EndpointSecret};
 use crate::ids::{EndpointId, TenantId};
 
 /// The columns [`from_row`] reads, for a `SELECT` or a `RETURNING`.
-pub const COLUMNS: &str = "id, tenant_id, url, description, signature_scheme, enabled, disabled_reason, \
+pub const COLUMNS: &str = "id, tenant_id, url, description, signature_scheme, signature_v1a, enabled, disabled_reason, \
     max_in_flight, rate_limit_per_sec, connect_timeout_ms, timeout_ms, headers, created_at, updated_at";
 
 /// An endpoint row, without its secrets (`secrets` is empty).
@@ -33,6 +33,7 @@ pub fn from_row(r: &Row) -> Result<Endpoint, RowError> {
         signature_scheme: scheme
             .parse()
             .map_err(|e| RowError::invalid("signature_scheme", e))?,
+        signature_v1a: r.try_get("signature_v1a")?,
         enabled: r.try_get("enabled")?,
         disabled_reason: r.try_get("disabled_reason")?,
         max_in_flight: positive("max_in_flight")?,
@@ -47,12 +48,19 @@ pub fn from_row(r: &Row) -> Result<Endpoint, RowError> {
 
 fn secret_from_row(r: &Row) -> Result<(EndpointId, EndpointSecret), RowError> {
     let text: String = r.try_get("secret")?;
+    let key: Option<String> = r.try_get("signing_key")?;
     Ok((
         r.try_get("endpoint_id")?,
         EndpointSecret {
             secret: text
                 .parse()
                 .map_err(|_| RowError::invalid("secret", "not a signing secret"))?,
+            // A key that does not parse costs the v1a signature, not the secret's v1 one.
+            signing_key: key.and_then(|k| {
+                k.parse()
+                    .inspect_err(|_| tracing::warn!("an endpoint signing key does not parse"))
+                    .ok()
+            }),
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
         },
@@ -94,7 +102,7 @@ pub async fn load(
     let secrets = client
         .query(
             &format!(
-                "SELECT s.endpoint_id, s.secret, s.created_at, s.expires_at
+                "SELECT s.endpoint_id, s.secret, s.signing_key, s.created_at, s.expires_at
                  FROM endpoint_secrets s JOIN endpoints e ON e.id = s.endpoint_id{filter}"
             ),
             &params,

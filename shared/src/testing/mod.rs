@@ -143,7 +143,7 @@ impl Default for TestEnv {
 
 /// Asserts that `/healthz`, `/readyz` and `/metrics` answer as the ops contract says.
 pub async fn check_ops_endpoints(addr: SocketAddr) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
+    let http = crate::tls::http_client()
         .timeout(Duration::from_secs(10))
         .build()?;
     let base = format!("http://{addr}");

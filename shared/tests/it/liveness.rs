@@ -100,7 +100,11 @@ async fn healthz(health: Health, readiness: Readiness) -> anyhow::Result<(u16, s
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    let r = reqwest::get(format!("http://{addr}/healthz")).await?;
+    let r = shared::tls::http_client()
+        .build()?
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await?;
     let status = r.status().as_u16();
     let text = r.text().await?;
     server.abort();

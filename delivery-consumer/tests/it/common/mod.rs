@@ -352,7 +352,7 @@ impl Api {
         let running = ingest_gateway::start(config, shutdown.clone()).await?;
         Ok(Self {
             running,
-            http: reqwest::Client::builder()
+            http: shared::tls::http_client()
                 .timeout(Duration::from_secs(30))
                 .build()?,
             operator,
@@ -573,7 +573,10 @@ impl World {
 
 /// Reads the metrics text of a service.
 pub async fn metrics(addr: SocketAddr) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://{addr}/metrics"))
+    Ok(shared::tls::http_client()
+        .build()?
+        .get(format!("http://{addr}/metrics"))
+        .send()
         .await?
         .text()
         .await?)

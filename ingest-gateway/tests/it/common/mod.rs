@@ -56,7 +56,7 @@ impl App {
             env,
             addr,
             keys,
-            http: reqwest::Client::builder()
+            http: shared::tls::http_client()
                 .timeout(Duration::from_secs(30))
                 .build()?,
             operator: String::new(),
